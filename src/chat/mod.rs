@@ -1,0 +1,725 @@
+//! The chat itself, as a sans-IO state machine.
+//!
+//! `Chat` knows clients, nicknames, rooms, the waiting line and receipts. It
+//! never touches a socket, a clock or a logger: the transport calls its
+//! `on_*` methods and it answers by queueing lines through the [`Outbox`]
+//! trait, which it defines and the transport implements. Unit tests drive it
+//! with a recording fake.
+
+mod command;
+mod names;
+mod receipts;
+mod rooms;
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt::Write as _;
+use std::net::IpAddr;
+
+use bytes::Bytes;
+
+use command::Command;
+use names::{NickError, Nicknames};
+pub use receipts::ReceiptTag;
+use receipts::{Finished, Origin, Receipts};
+use rooms::{canonical_room_name, RoomId, Rooms, LOBBY};
+
+/// A connection as the transport names it. The transport may reuse an id
+/// once it has reported the disconnect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ClientId(pub usize);
+
+/// What became of a line handed to [`Outbox::send`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sent {
+    Queued,
+    /// The client's output queue is full; the transport counts the skip and
+    /// reports it later through [`Chat::on_lines_skipped`].
+    Skipped,
+}
+
+/// Where the chat's output goes. Defined here, next to its only consumer, so
+/// the chat can be tested without the network.
+pub trait Outbox {
+    /// Queues one complete line (ending in `\r\n`) for `to`. A line with a
+    /// receipt tag must later be reported to [`Chat::on_written`] or
+    /// [`Chat::on_dropped`] exactly once, unless it was skipped.
+    fn send(&mut self, to: ClientId, line: Bytes, receipt: Option<ReceiptTag>) -> Sent;
+    /// Closes `to` once what is already queued for it has been written.
+    /// The chat has already forgotten the client.
+    fn close(&mut self, to: ClientId);
+}
+
+/// Why a client went away without `/quit`; decides the leave notice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaveReason {
+    /// It hung up, reset, or its socket failed.
+    Hangup,
+    /// It did not take its output within the write timeout.
+    TooSlow,
+    /// It sent nothing within the idle timeout.
+    Idle,
+}
+
+/// Limits the chat enforces itself.
+#[derive(Debug, Clone)]
+pub struct ChatConfig {
+    pub max_clients: usize,
+    pub max_waiting: usize,
+    /// 0 means no limit.
+    pub max_per_ip: usize,
+    pub max_line: usize,
+    pub announce_limit: usize,
+}
+
+impl ChatConfig {
+    pub fn from_config(config: &crate::Config) -> Self {
+        ChatConfig {
+            max_clients: config.max_clients,
+            max_waiting: config.max_waiting,
+            max_per_ip: config.max_per_ip,
+            max_line: config.max_line,
+            announce_limit: config.announce_limit,
+        }
+    }
+}
+
+/// What happened to a new connection, for the transport's log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    Chatting {
+        nick: String,
+    },
+    /// In the waiting line at this 1-based place.
+    Waiting {
+        place: usize,
+    },
+    /// Chat and line both full; closed.
+    ServerFull,
+    /// Too many connections from the address; closed.
+    TooManyFromAddress,
+}
+
+struct Client {
+    /// Distinguishes this client from earlier holders of the same id.
+    serial: u64,
+    ip: IpAddr,
+    /// `None` while in the waiting line.
+    chatter: Option<Chatter>,
+}
+
+struct Chatter {
+    nick: String,
+    room: RoomId,
+    /// Position in the room's member list.
+    slot: usize,
+    receipts: bool,
+    /// Room lines sent with receipts on, for the `#SEQ` in receipts.
+    receipt_seq: u64,
+}
+
+/// Names listed by `/who` and rooms listed by `/rooms` before the list is
+/// cut short, so one command cannot produce a megabyte line.
+const LIST_LIMIT: usize = 100;
+
+const HELP: &[&str] = &[
+    "commands:",
+    "/nick NAME          change your nickname (1-24 letters, digits, _ or -)",
+    "/join #ROOM         move to a room, creating it if needed",
+    "/rooms              list the rooms and how many are in each",
+    "/who                list the people in your room",
+    "/msg NICK TEXT      send a direct message",
+    "/me TEXT            describe an action",
+    "/receipts on|off    report how many received each of your lines",
+    "/quit [REASON]      leave",
+    "//TEXT              say a line that starts with /",
+];
+
+pub struct Chat {
+    config: ChatConfig,
+    clients: Vec<Option<Client>>,
+    next_serial: u64,
+    chatting: usize,
+    waiting: VecDeque<ClientId>,
+    per_ip: HashMap<IpAddr, usize>,
+    nicks: Nicknames,
+    rooms: Rooms,
+    receipts: Receipts,
+    shut_down: bool,
+}
+
+impl Chat {
+    pub fn new(config: ChatConfig) -> Self {
+        Chat {
+            config,
+            clients: Vec::new(),
+            next_serial: 0,
+            chatting: 0,
+            waiting: VecDeque::new(),
+            per_ip: HashMap::new(),
+            nicks: Nicknames::default(),
+            rooms: Rooms::default(),
+            receipts: Receipts::default(),
+            shut_down: false,
+        }
+    }
+
+    /// A new connection from `ip`: welcomed, put in line, or refused.
+    pub fn on_connect(&mut self, out: &mut impl Outbox, id: ClientId, ip: IpAddr) -> Admission {
+        if self.shut_down {
+            out.send(id, error_line("server is shutting down"), None);
+            out.close(id);
+            return Admission::ServerFull;
+        }
+        let from_ip = self.per_ip.get(&ip).copied().unwrap_or(0);
+        if self.config.max_per_ip > 0 && from_ip >= self.config.max_per_ip {
+            out.send(
+                id,
+                error_line("too many connections from your address"),
+                None,
+            );
+            out.close(id);
+            return Admission::TooManyFromAddress;
+        }
+        let has_room = self.chatting < self.config.max_clients;
+        if !has_room && self.waiting.len() >= self.config.max_waiting {
+            out.send(id, error_line("server full, try again later"), None);
+            out.close(id);
+            return Admission::ServerFull;
+        }
+        *self.per_ip.entry(ip).or_insert(0) += 1;
+        self.next_serial += 1;
+        let client = Client {
+            serial: self.next_serial,
+            ip,
+            chatter: None,
+        };
+        if self.clients.len() <= id.0 {
+            self.clients.resize_with(id.0 + 1, || None);
+        }
+        self.clients[id.0] = Some(client);
+        if has_room {
+            let nick = self.admit(out, id);
+            Admission::Chatting { nick }
+        } else {
+            self.waiting.push_back(id);
+            let place = self.waiting.len();
+            out.send(
+                id,
+                notice_line(format_args!("server full, you are number {place} in line")),
+                None,
+            );
+            Admission::Waiting { place }
+        }
+    }
+
+    /// One cleaned, non-empty input line from `id`.
+    pub fn on_line(&mut self, out: &mut impl Outbox, id: ClientId, line: &str) {
+        let Some(chatter) = self.chatter(id) else {
+            // Waiting clients' input is discarded, as is anything from a
+            // client the chat has already let go.
+            return;
+        };
+        match command::parse(line) {
+            Command::Say(text) => {
+                let line = text_line(format_args!("{}: {text}", chatter.nick));
+                self.say_to_room(out, id, line);
+            }
+            Command::Me(text) => {
+                let line = notice_line(format_args!("{} {text}", chatter.nick));
+                self.say_to_room(out, id, line);
+            }
+            Command::Help => {
+                for help in HELP {
+                    out.send(id, notice_line(help), None);
+                }
+            }
+            Command::Nick(new) => self.rename(out, id, new),
+            Command::Join(room) => self.join(out, id, room),
+            Command::Rooms => self.list_rooms(out, id),
+            Command::Who => self.list_members(out, id),
+            Command::Msg { to, text } => self.direct_message(out, id, to, text),
+            Command::Receipts(on) => {
+                if let Some(chatter) = self.chatter_mut(id) {
+                    chatter.receipts = on;
+                }
+                let state = if on { "on" } else { "off" };
+                out.send(id, notice_line(format_args!("receipts {state}")), None);
+            }
+            Command::Quit(reason) => {
+                out.send(id, notice_line("bye"), None);
+                let suffix = match reason {
+                    Some(reason) => format!(": {reason}"),
+                    None => String::new(),
+                };
+                self.remove(out, id, &suffix);
+                out.close(id);
+            }
+            Command::Usage(usage) => {
+                out.send(id, error_line(format_args!("usage: {usage}")), None);
+            }
+            Command::Unknown(word) => {
+                out.send(
+                    id,
+                    error_line(format_args!("unknown command {word}, try /help")),
+                    None,
+                );
+            }
+        }
+    }
+
+    /// The client sent a line longer than `max_line`.
+    pub fn on_line_too_long(&mut self, out: &mut impl Outbox, id: ClientId) {
+        if self.chatter(id).is_some() {
+            let max = self.config.max_line;
+            out.send(
+                id,
+                error_line(format_args!("line too long (max {max} bytes)")),
+                None,
+            );
+        }
+    }
+
+    /// The client's first line was an HTTP request: explain and close.
+    pub fn on_http_request(&mut self, out: &mut impl Outbox, id: ClientId) {
+        if self.client(id).is_none() {
+            return;
+        }
+        out.send(
+            id,
+            error_line("this is a chat server: connect with telnet or nc"),
+            None,
+        );
+        self.remove(out, id, "");
+        out.close(id);
+    }
+
+    /// The connection is gone (or being closed by the transport). Ids the
+    /// chat has already let go are ignored, so the transport may report every
+    /// close.
+    pub fn on_disconnect(&mut self, out: &mut impl Outbox, id: ClientId, reason: LeaveReason) {
+        let suffix = match reason {
+            LeaveReason::Hangup => "",
+            LeaveReason::TooSlow => " (too slow)",
+            LeaveReason::Idle => " (idle)",
+        };
+        self.remove(out, id, suffix);
+    }
+
+    /// A receipt-tagged line was written whole into the client's socket.
+    pub fn on_written(&mut self, out: &mut impl Outbox, tag: ReceiptTag) {
+        self.settle(out, tag, true);
+    }
+
+    /// A receipt-tagged line will never be written: its connection closed.
+    pub fn on_dropped(&mut self, out: &mut impl Outbox, tag: ReceiptTag) {
+        self.settle(out, tag, false);
+    }
+
+    /// `count` lines were skipped for `id` because its output was full; its
+    /// queue has drained enough to tell it so.
+    pub fn on_lines_skipped(&mut self, out: &mut impl Outbox, id: ClientId, count: u64) {
+        if self.chatter(id).is_some() {
+            out.send(
+                id,
+                notice_line(format_args!(
+                    "{count} lines skipped, you were too slow to keep up"
+                )),
+                None,
+            );
+        }
+    }
+
+    /// Orderly shutdown: every client is told and closed; later connects are
+    /// refused.
+    pub fn on_shutdown(&mut self, out: &mut impl Outbox) {
+        self.shut_down = true;
+        let notice = notice_line("server shutting down");
+        for (index, slot) in self.clients.iter_mut().enumerate() {
+            if slot.take().is_some() {
+                let id = ClientId(index);
+                out.send(id, notice.clone(), None);
+                out.close(id);
+            }
+        }
+        self.waiting.clear();
+        self.per_ip.clear();
+        self.chatting = 0;
+    }
+
+    /// The nickname of a chatting client, for the transport's log.
+    pub fn nick(&self, id: ClientId) -> Option<&str> {
+        self.chatter(id).map(|chatter| chatter.nick.as_str())
+    }
+
+    /// Counts for logs, tests and leak checks.
+    pub fn stats(&self) -> ChatStats {
+        ChatStats {
+            chatting: self.chatting,
+            waiting: self.waiting.len(),
+            nicknames: self.nicks.len(),
+            rooms: self.rooms.len(),
+            pending_receipts: self.receipts.len(),
+            addresses: self.per_ip.len(),
+        }
+    }
+
+    fn client(&self, id: ClientId) -> Option<&Client> {
+        self.clients.get(id.0)?.as_ref()
+    }
+
+    fn chatter(&self, id: ClientId) -> Option<&Chatter> {
+        self.client(id)?.chatter.as_ref()
+    }
+
+    fn chatter_mut(&mut self, id: ClientId) -> Option<&mut Chatter> {
+        self.clients.get_mut(id.0)?.as_mut()?.chatter.as_mut()
+    }
+
+    /// Moves a known client into the chat: guest name, lobby, welcome.
+    fn admit(&mut self, out: &mut impl Outbox, id: ClientId) -> String {
+        let nick = self.nicks.claim_guest(id);
+        let (room, slot) = self.rooms.join(LOBBY, id);
+        if let Some(Some(client)) = self.clients.get_mut(id.0) {
+            client.chatter = Some(Chatter {
+                nick: nick.clone(),
+                room,
+                slot,
+                receipts: false,
+                receipt_seq: 0,
+            });
+        }
+        self.chatting += 1;
+        let here = self.rooms.get(room).members.len();
+        out.send(
+            id,
+            notice_line(format_args!(
+                "welcome {nick} - you are in {LOBBY} ({here} here), type /help for commands"
+            )),
+            None,
+        );
+        self.announce(out, room, id, format_args!("{nick} joined {LOBBY}"));
+        nick
+    }
+
+    /// Forgets a client, telling its room with `suffix` after the leave
+    /// notice, and lets the first waiting client in if a place freed up.
+    fn remove(&mut self, out: &mut impl Outbox, id: ClientId, suffix: &str) {
+        let Some(client) = self.clients.get_mut(id.0).and_then(Option::take) else {
+            return;
+        };
+        if let Some(count) = self.per_ip.get_mut(&client.ip) {
+            *count -= 1;
+            if *count == 0 {
+                self.per_ip.remove(&client.ip);
+            }
+        }
+        match client.chatter {
+            None => self.waiting.retain(|&waiting| waiting != id),
+            Some(chatter) => {
+                let room_name = self.rooms.get(chatter.room).name.clone();
+                self.announce(
+                    out,
+                    chatter.room,
+                    id,
+                    format_args!("{} left {room_name}{suffix}", chatter.nick),
+                );
+                self.leave_room(chatter.room, chatter.slot);
+                self.nicks.release(&chatter.nick);
+                self.chatting -= 1;
+                if let Some(next) = self.waiting.pop_front() {
+                    self.admit(out, next);
+                }
+            }
+        }
+    }
+
+    fn leave_room(&mut self, room: RoomId, slot: usize) {
+        if let Some(moved) = self.rooms.leave(room, slot) {
+            if let Some(chatter) = self.chatter_mut(moved.member) {
+                chatter.slot = moved.slot;
+            }
+        }
+    }
+
+    /// Queues `line` for everyone in the sender's room but the sender, with a
+    /// receipt if the sender asked for them.
+    fn say_to_room(&mut self, out: &mut impl Outbox, id: ClientId, line: Bytes) {
+        let Some(client) = self.clients.get_mut(id.0).and_then(Option::as_mut) else {
+            return;
+        };
+        let serial = client.serial;
+        let Some(chatter) = client.chatter.as_mut() else {
+            return;
+        };
+        let members = &self.rooms.get(chatter.room).members;
+        if !chatter.receipts {
+            for &member in members {
+                if member != id {
+                    out.send(member, line.clone(), None);
+                }
+            }
+            return;
+        }
+        chatter.receipt_seq += 1;
+        let origin = Origin { client: id, serial };
+        let tag = self
+            .receipts
+            .open_room(origin, chatter.receipt_seq, members.len() - 1);
+        let mut skipped = 0;
+        for &member in members {
+            if member != id && out.send(member, line.clone(), Some(tag)) == Sent::Skipped {
+                skipped += 1;
+            }
+        }
+        for _ in 0..skipped {
+            self.settle(out, tag, false);
+        }
+        if let Some(finished) = self.receipts.finish_if_empty(tag) {
+            self.report(out, finished);
+        }
+    }
+
+    /// A join, leave or rename notice for everyone in `room` but `subject`,
+    /// unless the room is too big for such notices to be worth their cost.
+    fn announce(
+        &self,
+        out: &mut impl Outbox,
+        room: RoomId,
+        subject: ClientId,
+        text: std::fmt::Arguments<'_>,
+    ) {
+        let members = &self.rooms.get(room).members;
+        if members.len() > self.config.announce_limit {
+            return;
+        }
+        let line = notice_line(text);
+        for &member in members {
+            if member != subject {
+                out.send(member, line.clone(), None);
+            }
+        }
+    }
+
+    fn rename(&mut self, out: &mut impl Outbox, id: ClientId, new: &str) {
+        let Some(old) = self.nick(id).map(str::to_string) else {
+            return;
+        };
+        match self.nicks.rename(id, &old, new) {
+            Err(NickError::Invalid) => {
+                out.send(
+                    id,
+                    error_line("invalid nickname: use 1 to 24 letters, digits, _ or -"),
+                    None,
+                );
+            }
+            Err(NickError::Taken) => {
+                out.send(
+                    id,
+                    error_line(format_args!("nickname {new} is taken")),
+                    None,
+                );
+            }
+            Ok(()) => {
+                let Some(chatter) = self.chatter_mut(id) else {
+                    return;
+                };
+                chatter.nick = new.to_string();
+                let room = chatter.room;
+                out.send(id, notice_line(format_args!("you are now {new}")), None);
+                if old != new {
+                    self.announce(out, room, id, format_args!("{old} is now known as {new}"));
+                }
+            }
+        }
+    }
+
+    fn join(&mut self, out: &mut impl Outbox, id: ClientId, requested: &str) {
+        let Some(name) = canonical_room_name(requested) else {
+            out.send(
+                id,
+                error_line("invalid room name: use # and 1 to 32 letters, digits, _ or -"),
+                None,
+            );
+            return;
+        };
+        let Some(chatter) = self.chatter(id) else {
+            return;
+        };
+        let (old_room, old_slot, nick) = (chatter.room, chatter.slot, chatter.nick.clone());
+        if self.rooms.find(&name) == Some(old_room) {
+            out.send(
+                id,
+                error_line(format_args!("you are already in {name}")),
+                None,
+            );
+            return;
+        }
+        let old_name = self.rooms.get(old_room).name.clone();
+        self.announce(out, old_room, id, format_args!("{nick} left {old_name}"));
+        self.leave_room(old_room, old_slot);
+        let (room, slot) = self.rooms.join(&name, id);
+        if let Some(chatter) = self.chatter_mut(id) {
+            chatter.room = room;
+            chatter.slot = slot;
+        }
+        self.announce(out, room, id, format_args!("{nick} joined {name}"));
+        let here = self.rooms.get(room).members.len();
+        out.send(
+            id,
+            notice_line(format_args!("you joined {name} ({here} here)")),
+            None,
+        );
+    }
+
+    fn list_rooms(&self, out: &mut impl Outbox, id: ClientId) {
+        let listing = self.rooms.listing();
+        let mut text = String::from("rooms: ");
+        for (index, (name, count)) in listing.iter().take(LIST_LIMIT).enumerate() {
+            if index > 0 {
+                text.push_str(", ");
+            }
+            let _ = write!(text, "{name} ({count})");
+        }
+        if listing.len() > LIST_LIMIT {
+            let _ = write!(text, ", … and {} more", listing.len() - LIST_LIMIT);
+        }
+        out.send(id, notice_line(text), None);
+    }
+
+    fn list_members(&self, out: &mut impl Outbox, id: ClientId) {
+        let Some(chatter) = self.chatter(id) else {
+            return;
+        };
+        let room = self.rooms.get(chatter.room);
+        let mut names: Vec<&str> = room
+            .members
+            .iter()
+            .filter_map(|&member| self.nick(member))
+            .collect();
+        let sort_key = |name: &&str| (name.to_ascii_lowercase(), name.to_string());
+        // Only the first names are shown, so a huge room needs only a partial
+        // sort.
+        if names.len() > LIST_LIMIT {
+            names.select_nth_unstable_by_key(LIST_LIMIT, sort_key);
+        }
+        let shown = names.len().min(LIST_LIMIT);
+        names[..shown].sort_unstable_by_key(sort_key);
+        let mut text = format!("in {}: {}", room.name, names[..shown].join(", "));
+        if names.len() > LIST_LIMIT {
+            let _ = write!(text, ", … and {} more", names.len() - LIST_LIMIT);
+        }
+        out.send(id, notice_line(text), None);
+    }
+
+    fn direct_message(&mut self, out: &mut impl Outbox, id: ClientId, to: &str, text: &str) {
+        let Some(target) = self.nicks.owner(to) else {
+            out.send(id, error_line(format_args!("no such user: {to}")), None);
+            return;
+        };
+        let (Some(client), Some(nick), Some(target_nick)) =
+            (self.client(id), self.nick(id), self.nick(target))
+        else {
+            return;
+        };
+        let origin = Origin {
+            client: id,
+            serial: client.serial,
+        };
+        let line = text_line(format_args!("(dm) {nick}: {text}"));
+        let target_nick = target_nick.to_string();
+        let tag = self.receipts.open_direct(origin, target_nick.clone());
+        if out.send(target, line, Some(tag)) == Sent::Skipped {
+            // Not "left": the recipient is there but not reading.
+            self.receipts.cancel(tag);
+            out.send(
+                id,
+                error_line(format_args!(
+                    "{target_nick} is not keeping up, your message was not delivered"
+                )),
+                None,
+            );
+        }
+    }
+
+    fn settle(&mut self, out: &mut impl Outbox, tag: ReceiptTag, delivered: bool) {
+        if let Some(finished) = self.receipts.settle(tag, delivered) {
+            self.report(out, finished);
+        }
+    }
+
+    /// Tells the sender how its line fared, if the sender is still the same
+    /// client.
+    fn report(&self, out: &mut impl Outbox, finished: Finished) {
+        let (origin, line) = match finished {
+            Finished::Room {
+                origin,
+                seq,
+                recipients,
+                delivered,
+            } => (
+                origin,
+                notice_line(format_args!(
+                    "#{seq} delivered to {delivered} of {recipients}"
+                )),
+            ),
+            Finished::Direct {
+                origin,
+                target_nick,
+                delivered: true,
+            } => (
+                origin,
+                notice_line(format_args!("delivered to {target_nick}")),
+            ),
+            Finished::Direct {
+                origin,
+                target_nick,
+                delivered: false,
+            } => (
+                origin,
+                error_line(format_args!(
+                    "{target_nick} left before your message was delivered"
+                )),
+            ),
+        };
+        let still_there = self
+            .client(origin.client)
+            .is_some_and(|client| client.serial == origin.serial && client.chatter.is_some());
+        if still_there {
+            out.send(origin.client, line, None);
+        }
+    }
+}
+
+/// Counts of what the chat holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChatStats {
+    pub chatting: usize,
+    pub waiting: usize,
+    pub nicknames: usize,
+    pub rooms: usize,
+    pub pending_receipts: usize,
+    pub addresses: usize,
+}
+
+fn framed(prefix: &str, text: impl std::fmt::Display) -> Bytes {
+    let mut line = String::with_capacity(64);
+    line.push_str(prefix);
+    let _ = write!(line, "{text}");
+    line.push_str("\r\n");
+    Bytes::from(line)
+}
+
+fn text_line(text: impl std::fmt::Display) -> Bytes {
+    framed("", text)
+}
+
+fn notice_line(text: impl std::fmt::Display) -> Bytes {
+    framed("* ", text)
+}
+
+fn error_line(text: impl std::fmt::Display) -> Bytes {
+    framed("! ", text)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,227 @@
+//! Shared test harness: a server started in-process on 127.0.0.1:0 and
+//! line-oriented clients that synchronise on what the server sends.
+#![allow(dead_code)] // each test binary uses a different part of it
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use apollonion::{Config, Server, ShutdownHandle};
+
+/// How long any single expectation may wait before the test fails.
+pub const PATIENCE: Duration = Duration::from_secs(10);
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    handle: ShutdownHandle,
+    thread: Option<JoinHandle<io::Result<()>>>,
+}
+
+impl TestServer {
+    pub fn start() -> TestServer {
+        Self::start_with(|_| {})
+    }
+
+    /// Starts a server with defaults suited to tests (no rate limit) and
+    /// whatever `adjust` changes.
+    pub fn start_with(adjust: impl FnOnce(&mut Config)) -> TestServer {
+        let mut config = Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            rate: 0,
+            max_per_ip: 0,
+            ..Config::default()
+        };
+        adjust(&mut config);
+        config.validate().expect("test config is valid");
+        let server = Server::bind(config).expect("bind");
+        let addr = server.local_addr();
+        let handle = server.shutdown_handle();
+        let thread = std::thread::spawn(move || server.run());
+        TestServer {
+            addr,
+            handle,
+            thread: Some(thread),
+        }
+    }
+
+    /// Connects and reads the welcome line, returning the client and its
+    /// guest nickname.
+    pub fn join(&self) -> (Client, String) {
+        let mut client = self.connect();
+        let welcome = client.expect_prefix("* welcome ");
+        let nick = welcome["* welcome ".len()..]
+            .split_whitespace()
+            .next()
+            .expect("nick in welcome")
+            .to_string();
+        (client, nick)
+    }
+
+    /// Joins and renames to `nick`.
+    pub fn join_as(&self, nick: &str) -> Client {
+        let (mut client, _) = self.join();
+        client.send(&format!("/nick {nick}"));
+        client.expect_line(&format!("* you are now {nick}"));
+        client
+    }
+
+    pub fn connect(&self) -> Client {
+        Client::connect(self.addr)
+    }
+
+    /// Orderly shutdown, waiting for the server thread to finish.
+    pub fn stop(mut self) -> io::Result<()> {
+        self.handle.shutdown().expect("wake server");
+        let thread = self.thread.take().expect("running");
+        thread.join().expect("server thread panicked")
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            let _ = self.handle.shutdown();
+        }
+    }
+}
+
+pub struct Client {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream.set_nodelay(true).ok();
+        stream.set_read_timeout(Some(PATIENCE)).unwrap();
+        Client {
+            writer: stream.try_clone().unwrap(),
+            reader: BufReader::new(stream),
+        }
+    }
+
+    pub fn stream(&self) -> &TcpStream {
+        &self.writer
+    }
+
+    pub fn send(&mut self, line: &str) {
+        self.send_raw(format!("{line}\r\n").as_bytes());
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.writer.write_all(bytes).expect("send");
+    }
+
+    /// The next line, without its `\r\n` (which every server line must
+    /// have), or `None` at end of stream.
+    pub fn read_line(&mut self) -> Option<String> {
+        let mut raw = Vec::new();
+        match self.reader.read_until(b'\n', &mut raw) {
+            Ok(0) => None,
+            Ok(_) => {
+                assert!(raw.ends_with(b"\r\n"), "line without CRLF: {raw:?}");
+                raw.truncate(raw.len() - 2);
+                Some(String::from_utf8(raw).expect("server sent UTF-8"))
+            }
+            Err(err) if err.kind() == io::ErrorKind::ConnectionReset => None,
+            Err(err) => panic!("no line within {PATIENCE:?}: {err}"),
+        }
+    }
+
+    /// The next line, which must be exactly `expected`.
+    pub fn expect_line(&mut self, expected: &str) {
+        match self.read_line() {
+            Some(line) => assert_eq!(line, expected),
+            None => panic!("connection closed, expected {expected:?}"),
+        }
+    }
+
+    /// The next line, which must start with `prefix`.
+    pub fn expect_prefix(&mut self, prefix: &str) -> String {
+        match self.read_line() {
+            Some(line) => {
+                assert!(
+                    line.starts_with(prefix),
+                    "expected {prefix:?}…, got {line:?}"
+                );
+                line
+            }
+            None => panic!("connection closed, expected {prefix:?}…"),
+        }
+    }
+
+    /// Reads until a line equal to `expected`, returning the lines before it.
+    pub fn read_until(&mut self, expected: &str) -> Vec<String> {
+        let mut before = Vec::new();
+        loop {
+            match self.read_line() {
+                Some(line) if line == expected => return before,
+                Some(line) => before.push(line),
+                None => panic!("connection closed before {expected:?}; got {before:?}"),
+            }
+        }
+    }
+
+    /// Asserts the server sends this client nothing more, by making a round
+    /// trip: `/rooms` is answered only after everything queued before it.
+    pub fn expect_nothing_pending(&mut self) {
+        self.send("/rooms");
+        let line = self.read_line().expect("reply to /rooms");
+        assert!(line.starts_with("* rooms: "), "unexpected line {line:?}");
+    }
+
+    /// Asserts the server closes the connection, after any lines it still
+    /// sends; returns those lines.
+    pub fn expect_closed(&mut self) -> Vec<String> {
+        let deadline = Instant::now() + PATIENCE;
+        let mut lines = Vec::new();
+        while Instant::now() < deadline {
+            match self.read_line() {
+                Some(line) => lines.push(line),
+                None => return lines,
+            }
+        }
+        panic!("connection still open; got {lines:?}");
+    }
+
+    /// Raw bytes until `count` have arrived.
+    pub fn read_exact_bytes(&mut self, count: usize) -> Vec<u8> {
+        let mut buf = vec![0; count];
+        self.reader.read_exact(&mut buf).expect("read bytes");
+        buf
+    }
+
+    pub fn hang_up(self) {
+        let _ = self.writer.shutdown(Shutdown::Both);
+    }
+
+    /// Closes with a TCP reset instead of a FIN.
+    pub fn reset(self) {
+        let socket = self.writer;
+        // SO_LINGER with a zero timeout turns close into RST.
+        set_linger_zero(&socket);
+        drop(socket);
+        drop(self.reader);
+    }
+}
+
+fn set_linger_zero(socket: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: a valid descriptor and a correctly sized, live option value.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "setsockopt(SO_LINGER)");
+}
