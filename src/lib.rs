@@ -11,4 +11,4 @@ pub mod line;
 pub mod server;
 
 pub use config::Config;
-pub use server::{Server, ShutdownHandle, StartError};
+pub use server::{Server, ServerStats, ShutdownHandle, StartError, StatsHandle};

@@ -691,7 +691,7 @@ impl Chat {
 }
 
 /// Counts of what the chat holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ChatStats {
     pub chatting: usize,
     pub waiting: usize,

@@ -1,10 +1,12 @@
 //! One client socket and everything the reactor keeps for it.
 
 use std::net::SocketAddr;
+use std::time::Instant;
 
 use mio::net::TcpStream;
 
 use super::out_queue::OutQueue;
+use super::rate::Bucket;
 use crate::line::LineDecoder;
 
 /// Where a connection is in its life.
@@ -23,6 +25,8 @@ pub enum Phase {
 pub enum CloseCause {
     Quit,
     HungUp,
+    TooSlow,
+    Idle,
     Reset,
     HttpRequest,
     Refused,
@@ -35,6 +39,8 @@ impl CloseCause {
         match self {
             CloseCause::Quit => "quit",
             CloseCause::HungUp => "hung up",
+            CloseCause::TooSlow => "too slow: took no output for the write timeout",
+            CloseCause::Idle => "idle",
             CloseCause::Reset => "connection error",
             CloseCause::HttpRequest => "sent an HTTP request",
             CloseCause::Refused => "refused",
@@ -45,6 +51,9 @@ impl CloseCause {
 }
 
 pub struct Connection {
+    /// Tells this connection apart from later ones that reuse its slab key,
+    /// so timers left behind by a closed connection are recognised as stale.
+    pub serial: u64,
     pub stream: TcpStream,
     pub peer: SocketAddr,
     pub decoder: LineDecoder,
@@ -60,21 +69,43 @@ pub struct Connection {
     pub in_flush_list: bool,
     /// WRITABLE is registered; only while output is stuck in the queue.
     pub wants_writable: bool,
+    pub bucket: Bucket,
+    /// Input stops being taken until the rate timer fires.
+    pub rate_paused: bool,
+    pub last_input: Instant,
+    /// When the output queue last moved: became non-empty, or the socket
+    /// took bytes from it. Drives the write timeout.
+    pub last_output_progress: Instant,
+    /// A write-stall timer is scheduled for this connection.
+    pub stall_timer_armed: bool,
 }
 
 impl Connection {
-    pub fn new(stream: TcpStream, peer: SocketAddr, max_line: usize) -> Self {
+    pub fn new(
+        serial: u64,
+        stream: TcpStream,
+        peer: SocketAddr,
+        max_line: usize,
+        now: Instant,
+    ) -> Self {
         Connection {
+            serial,
             stream,
             peer,
             decoder: LineDecoder::new(max_line),
             out: OutQueue::default(),
             phase: Phase::Open,
             cause: None,
-            read_ready: true,
+            // Registration reports data that is already there.
+            read_ready: false,
             in_read_list: false,
             in_flush_list: false,
             wants_writable: false,
+            bucket: Bucket::new(now),
+            rate_paused: false,
+            last_input: now,
+            last_output_progress: now,
+            stall_timer_armed: false,
         }
     }
 

@@ -1,5 +1,7 @@
 //! The slab of live connections, seen by the chat as its `Outbox`.
 
+use std::time::Instant;
+
 use bytes::Bytes;
 use slab::Slab;
 
@@ -18,6 +20,12 @@ pub struct Connections {
     /// Set during shutdown, so the shutdown notice reaches even a client
     /// whose queue is full.
     pub ignore_cap: bool,
+    /// The current loop turn's time, for output-progress stamps.
+    pub now: Instant,
+    /// Bytes queued on all connections together.
+    pub queued_bytes: usize,
+    /// The most bytes any one connection has had queued.
+    pub peak_queue: usize,
 }
 
 impl Connections {
@@ -28,7 +36,39 @@ impl Connections {
             close_list: Vec::new(),
             max_outbuf,
             ignore_cap: false,
+            now: Instant::now(),
+            queued_bytes: 0,
+            peak_queue: 0,
         }
+    }
+
+    /// Queues `data` on one connection, honouring its cap, and keeps the
+    /// byte accounting.
+    fn enqueue(
+        &mut self,
+        key: usize,
+        data: Bytes,
+        receipt: Option<ReceiptTag>,
+        ignore_cap: bool,
+    ) -> Sent {
+        let Some(conn) = self.slab.get_mut(key) else {
+            return Sent::Skipped;
+        };
+        if conn.phase == Phase::Dead {
+            return Sent::Skipped;
+        }
+        let was_empty = conn.out.is_empty();
+        let len = data.len();
+        if !conn.out.push(data, receipt, self.max_outbuf, ignore_cap) {
+            return Sent::Skipped;
+        }
+        if was_empty {
+            conn.last_output_progress = self.now;
+        }
+        self.queued_bytes += len;
+        self.peak_queue = self.peak_queue.max(conn.out.pending());
+        Self::mark_for_flush(&mut self.flush_list, key, conn);
+        Sent::Queued
     }
 
     pub fn max_outbuf(&self) -> usize {
@@ -37,11 +77,7 @@ impl Connections {
 
     /// Queues raw bytes that are not a chat line (telnet replies).
     pub fn send_raw(&mut self, key: usize, data: Bytes) {
-        if let Some(conn) = self.slab.get_mut(key) {
-            if conn.phase != Phase::Dead && conn.out.push(data, None, self.max_outbuf, false) {
-                Self::mark_for_flush(&mut self.flush_list, key, conn);
-            }
-        }
+        self.enqueue(key, data, None, false);
     }
 
     pub fn schedule_flush(&mut self, key: usize) {
@@ -76,18 +112,7 @@ impl Connections {
 
 impl Outbox for Connections {
     fn send(&mut self, to: ClientId, line: Bytes, receipt: Option<ReceiptTag>) -> Sent {
-        let Some(conn) = self.slab.get_mut(to.0) else {
-            return Sent::Skipped;
-        };
-        if conn.phase == Phase::Dead
-            || !conn
-                .out
-                .push(line, receipt, self.max_outbuf, self.ignore_cap)
-        {
-            return Sent::Skipped;
-        }
-        Self::mark_for_flush(&mut self.flush_list, to.0, conn);
-        Sent::Queued
+        self.enqueue(to.0, line, receipt, self.ignore_cap)
     }
 
     fn close(&mut self, to: ClientId) {

@@ -7,12 +7,15 @@
 
 mod connection;
 mod connections;
+mod fd_limit;
 mod out_queue;
+mod rate;
+mod timers;
 
 use std::fmt;
 use std::io::{self, Read};
 use std::net::{Shutdown, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -22,12 +25,14 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 
-use crate::chat::{Admission, Chat, ChatConfig, ClientId, LeaveReason};
+use crate::chat::{Admission, Chat, ChatConfig, ChatStats, ClientId, LeaveReason, ReceiptTag};
 use crate::line::Decoded;
 use crate::Config;
 use connection::{CloseCause, Connection, Phase};
 use connections::Connections;
 use out_queue::Flushed;
+use rate::RateLimit;
+use timers::{Timer, TimerKind, Timers};
 
 const LISTENER: Token = Token(0);
 const SIGNALS: Token = Token(1);
@@ -43,8 +48,12 @@ const READ_CHUNK: usize = 16 * 1024;
 /// Connections accepted per loop turn, so a connect storm cannot starve
 /// clients already in.
 const ACCEPT_BUDGET: usize = 256;
-/// How long accepting pauses after running out of file descriptors.
+/// How long accepting pauses after running out of file descriptors (a
+/// close resumes it sooner).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// Descriptors the process needs besides clients: listener, poller, signal
+/// pipe, waker, standard streams.
+const RESERVED_DESCRIPTORS: u64 = 16;
 /// Flush passes per turn: flushing reports receipts, which queue more output.
 const FLUSH_ROUNDS: usize = 4;
 
@@ -85,6 +94,37 @@ impl ShutdownHandle {
     }
 }
 
+/// A snapshot of what the server holds, for tests and leak checks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ServerStats {
+    /// Connections in the slab (chatting, waiting and closing).
+    pub connections: usize,
+    pub chat: ChatStats,
+    /// Entries in the timer heap, stale ones included.
+    pub timers: usize,
+    /// Output bytes queued on all connections.
+    pub queued_bytes: usize,
+    /// The most output bytes one connection has had queued at once.
+    pub peak_queue: usize,
+    pub accepted: u64,
+}
+
+/// Reads the server's latest [`ServerStats`] from another thread. The
+/// server publishes them once per loop turn, before it sleeps.
+#[derive(Clone)]
+pub struct StatsHandle {
+    shared: Arc<Mutex<ServerStats>>,
+}
+
+impl StatsHandle {
+    pub fn get(&self) -> ServerStats {
+        match self.shared.lock() {
+            Ok(stats) => *stats,
+            Err(poisoned) => *poisoned.into_inner(),
+        }
+    }
+}
+
 /// The daemon: bind first (so the caller learns the address), then run.
 pub struct Server {
     config: Config,
@@ -97,14 +137,19 @@ pub struct Server {
     conns: Connections,
     /// Connections whose readiness has not been used up.
     read_list: Vec<usize>,
+    timers: Timers,
+    rate_limit: RateLimit,
     accept_ready: bool,
-    accept_paused_until: Option<Instant>,
+    /// Out of descriptors: wait for a close or the retry timer.
+    accept_paused: bool,
     last_descriptor_warning: Option<Instant>,
-    shutdown_deadline: Option<Instant>,
     shutdown_started: Option<Instant>,
+    shutdown_expired: bool,
     exit_now: bool,
     scratch: Box<[u8]>,
     accepted: u64,
+    next_serial: u64,
+    published: Option<Arc<Mutex<ServerStats>>>,
 }
 
 impl Server {
@@ -129,6 +174,7 @@ impl Server {
         Ok(Server {
             chat: Chat::new(ChatConfig::from_config(&config)),
             conns: Connections::new(config.max_outbuf),
+            rate_limit: RateLimit::new(config.rate, config.burst),
             config,
             poll,
             listener: Some(listener),
@@ -136,14 +182,17 @@ impl Server {
             signals,
             waker,
             read_list: Vec::new(),
+            timers: Timers::default(),
             accept_ready: true,
-            accept_paused_until: None,
+            accept_paused: false,
             last_descriptor_warning: None,
-            shutdown_deadline: None,
             shutdown_started: None,
+            shutdown_expired: false,
             exit_now: false,
             scratch: vec![0; READ_CHUNK].into_boxed_slice(),
             accepted: 0,
+            next_serial: 0,
+            published: None,
         })
     }
 
@@ -158,12 +207,25 @@ impl Server {
         }
     }
 
+    /// A handle to the server's counters; from then on they are published
+    /// every loop turn.
+    pub fn stats_handle(&mut self) -> StatsHandle {
+        let shared = self
+            .published
+            .get_or_insert_with(|| Arc::new(Mutex::new(ServerStats::default())));
+        StatsHandle {
+            shared: Arc::clone(shared),
+        }
+    }
+
     /// Serves until an orderly shutdown completes. Returns an error only if
     /// the poller itself fails.
     pub fn run(mut self) -> io::Result<()> {
         info!("listening on {}", self.local_addr);
+        self.check_descriptor_limit();
         let mut events = Events::with_capacity(1024);
         loop {
+            self.publish_stats();
             let timeout = self.poll_timeout(Instant::now());
             match self.poll.poll(&mut events, timeout) {
                 Ok(()) => {}
@@ -171,6 +233,7 @@ impl Server {
                 Err(err) => return Err(err),
             }
             let now = Instant::now();
+            self.conns.now = now;
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept_ready = true,
@@ -198,8 +261,9 @@ impl Server {
                 info!("second signal: exiting at once");
                 return Ok(());
             }
+            self.fire_timers(now);
             self.accept_connections(now);
-            self.read_connections();
+            self.read_connections(now);
             self.flush_connections();
             self.close_connections();
             if self.shutdown_finished(Instant::now()) {
@@ -208,10 +272,121 @@ impl Server {
         }
     }
 
+    fn check_descriptor_limit(&self) {
+        let limit = match fd_limit::raise_to_hard_limit() {
+            Ok((limit, before)) => {
+                if limit > before {
+                    info!("open-file limit raised from {before} to {limit}");
+                } else {
+                    info!("open-file limit is {limit}");
+                }
+                limit
+            }
+            Err(err) => {
+                warn!("cannot read or raise the open-file limit: {err}");
+                return;
+            }
+        };
+        let wanted =
+            (self.config.max_clients + self.config.max_waiting) as u64 + RESERVED_DESCRIPTORS;
+        if wanted > limit {
+            warn!(
+                "--max-clients + --max-waiting need about {wanted} descriptors but the open-file limit is {limit}: accepting will pause when they run out"
+            );
+        }
+    }
+
+    fn publish_stats(&self) {
+        let Some(shared) = &self.published else {
+            return;
+        };
+        let stats = ServerStats {
+            connections: self.conns.slab.len(),
+            chat: self.chat.stats(),
+            timers: self.timers.len(),
+            queued_bytes: self.conns.queued_bytes,
+            peak_queue: self.conns.peak_queue,
+            accepted: self.accepted,
+        };
+        if let Ok(mut slot) = shared.lock() {
+            *slot = stats;
+        }
+    }
+
+    fn fire_timers(&mut self, now: Instant) {
+        while let Some(timer) = self.timers.pop_due(now) {
+            match timer.kind {
+                TimerKind::ShutdownGrace => self.shutdown_expired = true,
+                TimerKind::AcceptRetry => self.accept_paused = false,
+                TimerKind::Idle => self.check_idle(timer, now),
+                TimerKind::WriteStall => self.check_write_stall(timer, now),
+                TimerKind::RateResume => {
+                    if let Some(conn) = self.live_connection(timer) {
+                        conn.rate_paused = false;
+                        if !conn.in_read_list {
+                            conn.in_read_list = true;
+                            self.read_list.push(timer.key);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The connection a timer was set for, unless it has closed since.
+    fn live_connection(&mut self, timer: Timer) -> Option<&mut Connection> {
+        self.conns
+            .slab
+            .get_mut(timer.key)
+            .filter(|conn| conn.serial == timer.serial && conn.phase != Phase::Dead)
+    }
+
+    fn check_idle(&mut self, timer: Timer, now: Instant) {
+        let idle_timeout = self.config.idle_timeout;
+        let Some(conn) = self.live_connection(timer) else {
+            return;
+        };
+        if conn.phase != Phase::Open {
+            return;
+        }
+        let deadline = conn.last_input + idle_timeout;
+        if deadline > now {
+            self.timers.schedule(deadline, timer);
+            return;
+        }
+        self.conns.close_after_flush(timer.key, CloseCause::Idle);
+        self.chat
+            .on_disconnect(&mut self.conns, ClientId(timer.key), LeaveReason::Idle);
+    }
+
+    fn check_write_stall(&mut self, timer: Timer, now: Instant) {
+        let write_timeout = self.config.write_timeout;
+        let Some(conn) = self.live_connection(timer) else {
+            return;
+        };
+        conn.stall_timer_armed = false;
+        if conn.out.is_empty() {
+            return;
+        }
+        let deadline = conn.last_output_progress + write_timeout;
+        if deadline > now {
+            conn.stall_timer_armed = true;
+            self.timers.schedule(deadline, timer);
+            return;
+        }
+        warn!(
+            "client {} from {}: no output taken for {} s, disconnecting",
+            timer.key,
+            conn.peer,
+            write_timeout.as_secs()
+        );
+        self.conns.kill(timer.key, CloseCause::TooSlow);
+        self.chat
+            .on_disconnect(&mut self.conns, ClientId(timer.key), LeaveReason::TooSlow);
+    }
+
     fn poll_timeout(&self, now: Instant) -> Option<Duration> {
-        let can_accept = self.listener.is_some()
-            && self.accept_ready
-            && self.accept_paused_until.is_none_or(|until| until <= now);
+        let can_accept = self.listener.is_some() && self.accept_ready && !self.accept_paused;
         let busy = !self.read_list.is_empty()
             || !self.conns.flush_list.is_empty()
             || !self.conns.close_list.is_empty()
@@ -219,11 +394,7 @@ impl Server {
         if busy {
             return Some(Duration::ZERO);
         }
-        [self.shutdown_deadline, self.accept_paused_until]
-            .into_iter()
-            .flatten()
-            .min()
-            .map(|deadline| deadline.saturating_duration_since(now))
+        self.timers.timeout(now)
     }
 
     fn on_signals(&mut self, now: Instant) {
@@ -246,7 +417,14 @@ impl Server {
             return;
         }
         self.shutdown_started = Some(now);
-        self.shutdown_deadline = Some(now + self.config.shutdown_grace);
+        self.timers.schedule(
+            now + self.config.shutdown_grace,
+            Timer {
+                kind: TimerKind::ShutdownGrace,
+                key: 0,
+                serial: 0,
+            },
+        );
         if let Some(mut listener) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut listener);
         }
@@ -259,11 +437,10 @@ impl Server {
     }
 
     fn shutdown_finished(&mut self, now: Instant) -> bool {
-        let (Some(started), Some(deadline)) = (self.shutdown_started, self.shutdown_deadline)
-        else {
+        let Some(started) = self.shutdown_started else {
             return false;
         };
-        if !self.conns.slab.is_empty() && now < deadline {
+        if !self.conns.slab.is_empty() && !self.shutdown_expired {
             return false;
         }
         let unfinished = self.conns.slab.len();
@@ -284,16 +461,15 @@ impl Server {
     }
 
     fn accept_connections(&mut self, now: Instant) {
-        if !self.accept_ready || self.accept_paused_until.is_some_and(|until| until > now) {
+        if !self.accept_ready || self.accept_paused {
             return;
         }
-        self.accept_paused_until = None;
         for _ in 0..ACCEPT_BUDGET {
             let Some(listener) = &self.listener else {
                 return;
             };
             match listener.accept() {
-                Ok((stream, peer)) => self.admit(stream, peer),
+                Ok((stream, peer)) => self.admit(stream, peer, now),
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
                     self.accept_ready = false;
                     return;
@@ -302,7 +478,15 @@ impl Server {
                 Err(err) if is_resource_exhaustion(&err) => {
                     // The backlog still holds connections and epoll will not
                     // say so again: retry on a timer instead of spinning.
-                    self.accept_paused_until = Some(now + ACCEPT_BACKOFF);
+                    self.accept_paused = true;
+                    self.timers.schedule(
+                        now + ACCEPT_BACKOFF,
+                        Timer {
+                            kind: TimerKind::AcceptRetry,
+                            key: 0,
+                            serial: 0,
+                        },
+                    );
                     let quiet = self
                         .last_descriptor_warning
                         .is_some_and(|at| now.duration_since(at) < Duration::from_secs(10));
@@ -320,7 +504,7 @@ impl Server {
         }
     }
 
-    fn admit(&mut self, mut stream: TcpStream, peer: SocketAddr) {
+    fn admit(&mut self, mut stream: TcpStream, peer: SocketAddr, now: Instant) {
         let entry = self.conns.slab.vacant_entry();
         let key = entry.key();
         if let Err(err) = self.poll.registry().register(
@@ -331,8 +515,26 @@ impl Server {
             warn!("cannot register connection from {peer}: {err}");
             return;
         }
-        entry.insert(Connection::new(stream, peer, self.config.max_line));
+        self.next_serial += 1;
+        let serial = self.next_serial;
+        entry.insert(Connection::new(
+            serial,
+            stream,
+            peer,
+            self.config.max_line,
+            now,
+        ));
         self.accepted += 1;
+        if !self.config.idle_timeout.is_zero() {
+            self.timers.schedule(
+                now + self.config.idle_timeout,
+                Timer {
+                    kind: TimerKind::Idle,
+                    key,
+                    serial,
+                },
+            );
+        }
         let admission = self
             .chat
             .on_connect(&mut self.conns, ClientId(key), peer.ip());
@@ -355,21 +557,21 @@ impl Server {
         }
     }
 
-    fn read_connections(&mut self) {
+    fn read_connections(&mut self, now: Instant) {
         for key in std::mem::take(&mut self.read_list) {
             if let Some(conn) = self.conns.slab.get_mut(key) {
                 conn.in_read_list = false;
-                self.read_connection(key);
+                self.read_connection(key, now);
             }
         }
     }
 
     /// Reads and handles input from one connection until the socket is
     /// drained or the turn's budget is spent.
-    fn read_connection(&mut self, key: usize) {
+    fn read_connection(&mut self, key: usize, now: Instant) {
         let mut budget = READ_BUDGET;
         loop {
-            if !self.handle_input(key) {
+            if !self.handle_input(key, now) {
                 return;
             }
             let Some(conn) = self.conns.slab.get_mut(key) else {
@@ -390,6 +592,7 @@ impl Server {
                 }
                 Ok(n) => {
                     conn.decoder.push(&self.scratch[..n]);
+                    conn.last_input = now;
                     budget = budget.saturating_sub(n);
                 }
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
@@ -409,17 +612,41 @@ impl Server {
     }
 
     /// Hands decoded input to the chat. Returns false once the connection
-    /// takes no more input.
-    fn handle_input(&mut self, key: usize) -> bool {
+    /// takes no more input: closing, or paused by its rate limit (then the
+    /// rest stays in the decoder, and the socket unread, so TCP pushes back).
+    fn handle_input(&mut self, key: usize, now: Instant) -> bool {
         let id = ClientId(key);
         loop {
             let Some(conn) = self.conns.slab.get_mut(key) else {
                 return false;
             };
-            if conn.phase != Phase::Open {
+            if conn.phase != Phase::Open || conn.rate_paused {
                 return false;
             }
-            let Some(decoded) = conn.decoder.next() else {
+            if !conn.decoder.has_unread_input() {
+                return true;
+            }
+            // Only lines cost a token, but which event comes next is known
+            // only after decoding it: take a token on trial, give it back
+            // for anything else.
+            let bucket_before = conn.bucket;
+            if let Err(resume_at) = conn.bucket.take(&self.rate_limit, now) {
+                conn.rate_paused = true;
+                self.timers.schedule(
+                    resume_at,
+                    Timer {
+                        kind: TimerKind::RateResume,
+                        key,
+                        serial: conn.serial,
+                    },
+                );
+                return false;
+            }
+            let decoded = conn.decoder.next();
+            if !matches!(decoded, Some(Decoded::Line(_) | Decoded::TooLong)) {
+                conn.bucket = bucket_before;
+            }
+            let Some(decoded) = decoded else {
                 return true;
             };
             match decoded {
@@ -468,8 +695,9 @@ impl Server {
         }
     }
 
-    fn flush_connection(&mut self, key: usize, written: &mut Vec<crate::chat::ReceiptTag>) {
+    fn flush_connection(&mut self, key: usize, written: &mut Vec<ReceiptTag>) {
         let max_outbuf = self.conns.max_outbuf();
+        let now = self.conns.now;
         let Some(conn) = self.conns.slab.get_mut(key) else {
             return;
         };
@@ -477,7 +705,14 @@ impl Server {
         if conn.phase == Phase::Dead {
             return;
         }
-        let wants_writable = match conn.out.write_to(&mut conn.stream, written) {
+        let pending_before = conn.out.pending();
+        let result = conn.out.write_to(&mut conn.stream, written);
+        let sent = pending_before - conn.out.pending();
+        self.conns.queued_bytes -= sent;
+        if sent > 0 {
+            conn.last_output_progress = now;
+        }
+        let wants_writable = match result {
             Ok(Flushed::Drained) => false,
             Ok(Flushed::Blocked) => true,
             Err(err) => {
@@ -508,6 +743,18 @@ impl Server {
             }
             conn.wants_writable = wants_writable;
         }
+        if wants_writable && !conn.stall_timer_armed {
+            conn.stall_timer_armed = true;
+            let serial = conn.serial;
+            self.timers.schedule(
+                conn.last_output_progress + self.config.write_timeout,
+                Timer {
+                    kind: TimerKind::WriteStall,
+                    key,
+                    serial,
+                },
+            );
+        }
         let drained = conn.out.is_empty();
         if drained && conn.phase == Phase::Closing {
             self.conns.close_list.push(key);
@@ -533,6 +780,10 @@ impl Server {
             }
             let mut conn = self.conns.slab.remove(key);
             let _ = self.poll.registry().deregister(&mut conn.stream);
+            self.conns.queued_bytes -= conn.out.pending();
+            // A descriptor is free again: connections waiting in the backlog
+            // raise no new event, so try accepting now.
+            self.accept_paused = false;
             if conn.phase == Phase::Closing {
                 close_gracefully(&mut conn.stream, &mut self.scratch);
             }
@@ -549,6 +800,23 @@ impl Server {
                 cause.describe()
             );
         }
+        self.prune_timers();
+    }
+
+    /// Under churn, timers of closed connections pile up until they come
+    /// due (an idle timeout can be hours away); drop them once they
+    /// outnumber the live ones.
+    fn prune_timers(&mut self) {
+        if self.timers.len() <= 4 * self.conns.slab.len() + 1024 {
+            return;
+        }
+        let slab = &self.conns.slab;
+        self.timers.retain(|timer| match timer.kind {
+            TimerKind::AcceptRetry | TimerKind::ShutdownGrace => true,
+            _ => slab
+                .get(timer.key)
+                .is_some_and(|conn| conn.serial == timer.serial),
+        });
     }
 }
 
