@@ -407,7 +407,7 @@ mod tests {
             let value = match spec.kind {
                 Kind::Addr => "127.0.0.1:9",
                 Kind::LogLevel => "trace",
-                _ => "200",
+                _ => "5000",
             };
             let config = parse(&[], &[(key.as_str(), value)]).unwrap();
             assert_ne!(config, Config::default(), "{key} had no effect");

@@ -123,6 +123,7 @@ const LIST_LIMIT: usize = 100;
 
 const HELP: &[&str] = &[
     "commands:",
+    "/help               this list",
     "/nick NAME          change your nickname (1-24 letters, digits, _ or -)",
     "/join #ROOM         move to a room, creating it if needed",
     "/rooms              list the rooms and how many are in each",
@@ -344,6 +345,11 @@ impl Chat {
         self.waiting.clear();
         self.per_ip.clear();
         self.chatting = 0;
+        // Nobody holds a name or sits in a room any more, and the stats
+        // published after the shutdown must say so. Pending receipts stay:
+        // the transport still reports their copies, and nobody is told.
+        self.nicks = Nicknames::default();
+        self.rooms = Rooms::default();
     }
 
     /// The nickname of a chatting client, for the transport's log.
