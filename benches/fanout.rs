@@ -1,1 +1,135 @@
-fn main() {}
+//! Fan-out benchmarks: how fast one chat line reaches a room of N members.
+//!
+//! - `core_fanout/N`: the chat core broadcasting one line into N real
+//!   out-queues (throughput in deliveries).
+//! - `flush/{vectored,write_per_line}/K`: K queued lines written into a
+//!   loopback socket, with one vectored write versus one write per line (the
+//!   baseline, measured in the same run).
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, TcpListener, TcpStream};
+
+use apollonion::chat::{Chat, ChatConfig, ClientId, Outbox, ReceiptTag, Sent};
+use apollonion::server::out_queue::OutQueue;
+use bytes::Bytes;
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+
+/// One real out-queue per member, capped like the daemon's default.
+struct Queues {
+    queues: Vec<OutQueue>,
+}
+
+const CAP: usize = 1 << 20;
+
+impl Outbox for Queues {
+    fn send(&mut self, to: ClientId, line: Bytes, receipt: Option<ReceiptTag>) -> Sent {
+        let queued = self
+            .queues
+            .get_mut(to.0)
+            .is_some_and(|queue| queue.push(line, receipt, CAP, false));
+        if queued {
+            Sent::Queued
+        } else {
+            Sent::Skipped
+        }
+    }
+
+    fn close(&mut self, _to: ClientId) {}
+}
+
+impl Queues {
+    fn clear(&mut self) {
+        for queue in &mut self.queues {
+            queue.discard();
+        }
+    }
+}
+
+fn room_of(members: usize) -> (Chat, Queues) {
+    let mut chat = Chat::new(ChatConfig {
+        max_clients: members + 1,
+        max_waiting: 0,
+        max_per_ip: 0,
+        max_line: 4096,
+        announce_limit: 100,
+    });
+    let mut out = Queues {
+        queues: (0..members).map(|_| OutQueue::default()).collect(),
+    };
+    let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    for id in 0..members {
+        chat.on_connect(&mut out, ClientId(id), ip);
+    }
+    out.clear();
+    (chat, out)
+}
+
+fn core_fanout(c: &mut Criterion) {
+    let mut group = c.benchmark_group("core_fanout");
+    let line = "x".repeat(64);
+    for members in [10, 100, 1000, 10_000] {
+        let (mut chat, mut out) = room_of(members);
+        group.throughput(Throughput::Elements(members as u64 - 1));
+        group.bench_with_input(BenchmarkId::from_parameter(members), &members, |b, _| {
+            b.iter(|| {
+                chat.on_line(&mut out, ClientId(0), &line);
+                out.clear();
+            })
+        });
+    }
+    group.finish();
+}
+
+/// A connected loopback pair: the writer under test and a reader that the
+/// benchmark drains after each write so the socket never fills.
+fn socket_pair() -> (TcpStream, TcpStream) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let writer = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+    let (reader, _) = listener.accept().expect("accept");
+    writer.set_nodelay(true).expect("nodelay");
+    (writer, reader)
+}
+
+fn drain(reader: &mut TcpStream, mut bytes: usize, buf: &mut [u8]) {
+    while bytes > 0 {
+        bytes -= reader.read(buf).expect("read");
+    }
+}
+
+fn flush(c: &mut Criterion) {
+    let mut group = c.benchmark_group("flush");
+    let line = Bytes::from(format!("{}\r\n", "x".repeat(62)));
+    let (mut writer, mut reader) = socket_pair();
+    let mut buf = vec![0; 1 << 20];
+    for lines in [1, 16, 256] {
+        let total = lines * line.len();
+        group.throughput(Throughput::Elements(lines as u64));
+        group.bench_with_input(BenchmarkId::new("vectored", lines), &lines, |b, &lines| {
+            let mut queue = OutQueue::default();
+            let mut written = Vec::new();
+            b.iter(|| {
+                for _ in 0..lines {
+                    queue.push(line.clone(), None, CAP, false);
+                }
+                queue.write_to(&mut writer, &mut written).expect("write");
+                drain(&mut reader, total, &mut buf);
+            })
+        });
+        group.bench_with_input(
+            BenchmarkId::new("write_per_line", lines),
+            &lines,
+            |b, &lines| {
+                b.iter(|| {
+                    for _ in 0..lines {
+                        writer.write_all(&line).expect("write");
+                    }
+                    drain(&mut reader, total, &mut buf);
+                })
+            },
+        );
+    }
+    group.finish();
+}
+
+criterion_group!(benches, core_fanout, flush);
+criterion_main!(benches);

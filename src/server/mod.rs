@@ -8,7 +8,7 @@
 mod connection;
 mod connections;
 mod fd_limit;
-mod out_queue;
+pub mod out_queue;
 mod rate;
 mod timers;
 

@@ -8,9 +8,10 @@ use bytes::Bytes;
 
 use crate::chat::ReceiptTag;
 
-/// Chunks handed to one `write_vectored` call. Linux accepts up to 1024; 64
-/// already turns a turn's worth of chat lines into one syscall.
-const MAX_SLICES_PER_WRITE: usize = 64;
+/// Chunks handed to one `write_vectored` call (Linux accepts up to 1024).
+/// A busy room queues hundreds of lines per recipient per turn; a few writes
+/// carry them all.
+const MAX_SLICES_PER_WRITE: usize = 256;
 
 struct Entry {
     data: Bytes,
