@@ -172,6 +172,33 @@ impl Client {
         assert!(line.starts_with("* rooms: "), "unexpected line {line:?}");
     }
 
+    /// Makes a round trip (`/rooms`) and returns every line the server sent
+    /// this client before the reply: whatever was pending for it.
+    pub fn drain(&mut self) -> Vec<String> {
+        self.send("/rooms");
+        let mut before = Vec::new();
+        loop {
+            match self.read_line() {
+                Some(line) if line.starts_with("* rooms: ") => return before,
+                Some(line) => before.push(line),
+                None => panic!("connection closed before the reply to /rooms; got {before:?}"),
+            }
+        }
+    }
+
+    /// The next raw bytes, which must be exactly `expected` (for output that
+    /// is not a text line, such as telnet replies).
+    pub fn expect_bytes(&mut self, expected: &[u8]) {
+        let got = self.read_exact_bytes(expected.len());
+        assert_eq!(
+            got,
+            expected,
+            "expected {:?}, got {:?}",
+            String::from_utf8_lossy(expected),
+            String::from_utf8_lossy(&got)
+        );
+    }
+
     /// Asserts the server closes the connection, after any lines it still
     /// sends; returns those lines.
     pub fn expect_closed(&mut self) -> Vec<String> {
