@@ -1,0 +1,285 @@
+//! The real binary under a real SIGTERM, and its exit codes.
+
+mod common;
+
+use std::io::{BufRead, BufReader, ErrorKind};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, Receiver};
+use std::time::{Duration, Instant};
+
+use common::{Client, PATIENCE};
+
+/// The binary with a clean environment: an `APOLLONION_*` variable in the
+/// developer's shell must not change what is tested.
+fn apollonion(args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_apollonion"));
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("APOLLONION_") {
+            command.env_remove(name);
+        }
+    }
+    command.args(args);
+    command
+}
+
+/// A running daemon, killed if the test fails before it exits on its own.
+struct Daemon {
+    child: Child,
+    addr: SocketAddr,
+    /// Its log, line by line; read on another thread so a full pipe can
+    /// never block the server.
+    log: Receiver<String>,
+}
+
+impl Daemon {
+    fn start(extra: &[&str]) -> Daemon {
+        // No rate limit: at the default 10 lines/s a bulk sender would take
+        // minutes.
+        let mut args = vec![
+            "--listen",
+            "127.0.0.1:0",
+            "--log-level",
+            "info",
+            "--rate",
+            "0",
+        ];
+        args.extend_from_slice(extra);
+        let mut child = apollonion(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn apollonion");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, log) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { return };
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        // Built before the address is known, so a missing log line still
+        // kills the child on the way out.
+        let mut daemon = Daemon {
+            child,
+            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            log,
+        };
+        daemon.addr = daemon.wait_for_log("listening on ", |rest| {
+            rest.trim()
+                .parse()
+                .unwrap_or_else(|_| panic!("no address in {rest:?}"))
+        });
+        daemon
+    }
+
+    /// Waits for a log line containing `marker` and parses what follows it.
+    fn wait_for_log<T>(&self, marker: &str, parse: impl FnOnce(&str) -> T) -> T {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.log.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(at) = line.find(marker) {
+                        return parse(&line[at + marker.len()..]);
+                    }
+                }
+                Err(err) => panic!("no log line with {marker:?}: {err}"),
+            }
+        }
+    }
+
+    fn signal(&self, signal: libc::c_int) {
+        let pid = libc::pid_t::try_from(self.child.id()).unwrap();
+        // SAFETY: kill has no memory-safety preconditions; the pid is our
+        // own child, which has not been reaped (we still hold it).
+        let rc = unsafe { libc::kill(pid, signal) };
+        assert_eq!(rc, 0, "kill: {}", std::io::Error::last_os_error());
+    }
+
+    /// The exit status, if the process exits within `limit`.
+    fn exit_within(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            // Polling a child process has no event to wait on; this only
+            // paces the loop, the deadline decides.
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn join(&self) -> (Client, String) {
+        let mut client = Client::connect(self.addr);
+        let welcome = client.expect_prefix("* welcome ");
+        let nick = welcome["* welcome ".len()..]
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_string();
+        (client, nick)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Runs the binary to completion, returning its status, stdout and stderr.
+fn run_to_end(args: &[&str]) -> (ExitStatus, String, String) {
+    let output = apollonion(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run apollonion");
+    (
+        output.status,
+        String::from_utf8(output.stdout).expect("UTF-8 stdout"),
+        String::from_utf8(output.stderr).expect("UTF-8 stderr"),
+    )
+}
+
+/// A line of about 1 KB, numbered so that loss and reordering show.
+fn numbered(n: usize) -> String {
+    format!("line {n:05} {}", "x".repeat(1000))
+}
+
+#[test]
+fn sigterm_delivers_accepted_lines_then_says_goodbye_and_exits_zero() {
+    // 8 MB: more than loopback socket buffers hold (about 4 MB), so output
+    // is still queued in the server when the signal arrives, and a cap big
+    // enough that none of it is skipped.
+    const LINES: usize = 8000;
+    let mut daemon = Daemon::start(&["--max-outbuf", "33554432", "--shutdown-grace", "30"]);
+    let (mut reader, _) = daemon.join();
+    let (mut sender, sender_nick) = daemon.join();
+
+    let batch: String = (1..=LINES).map(|n| numbered(n) + "\r\n").collect();
+    sender.send_raw(batch.as_bytes());
+    // The server handles a client's lines in order, so once /rooms is
+    // answered every numbered line has been queued for the reader.
+    sender.send("/rooms");
+    sender.expect_line("* rooms: #lobby (2)");
+
+    daemon.signal(libc::SIGTERM);
+
+    reader.expect_line(&format!("* {sender_nick} joined #lobby"));
+    for n in 1..=LINES {
+        reader.expect_line(&format!("{sender_nick}: {}", numbered(n)));
+    }
+    reader.expect_line("* server shutting down");
+    assert_eq!(reader.expect_closed(), Vec::<String>::new());
+    sender.expect_line("* server shutting down");
+    assert_eq!(sender.expect_closed(), Vec::<String>::new());
+
+    let refused = TcpStream::connect_timeout(&daemon.addr, PATIENCE)
+        .expect_err("the listener is closed after shutdown");
+    assert_eq!(refused.kind(), ErrorKind::ConnectionRefused, "{refused}");
+
+    let status = daemon
+        .exit_within(Duration::from_secs(5))
+        .expect("exits within 5 s of the last client closing");
+    assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn a_second_signal_exits_at_once_while_output_is_still_pending() {
+    let grace = Duration::from_secs(30);
+    let mut daemon = Daemon::start(&["--shutdown-grace", "30"]);
+    // Never reads. 16 MB for it is far more than the socket buffers and the
+    // 1 MB output cap hold, so the server has output it cannot deliver.
+    let (_stuck, _) = daemon.join();
+    let (mut sender, _) = daemon.join();
+
+    let batch: String = (1..=16_000).map(|n| numbered(n) + "\r\n").collect();
+    sender.send_raw(batch.as_bytes());
+    sender.send("/rooms");
+    sender.expect_line("* rooms: #lobby (2)");
+
+    daemon.signal(libc::SIGTERM);
+    // The sender's goodbye proves the first signal was handled on its own,
+    // so the next one is a second signal, not part of the same wake-up.
+    sender.expect_line("* server shutting down");
+    assert_eq!(sender.expect_closed(), Vec::<String>::new());
+    assert!(
+        daemon.child.try_wait().unwrap().is_none(),
+        "the server waits for the stuck client's output"
+    );
+
+    let second = Instant::now();
+    daemon.signal(libc::SIGINT);
+    let status = daemon
+        .exit_within(Duration::from_secs(3))
+        .expect("a second signal exits at once");
+    assert!(second.elapsed() < grace / 10, "{:?}", second.elapsed());
+    assert!(status.code().is_some(), "exited by itself: {status}");
+}
+
+#[test]
+fn a_bad_flag_value_is_one_line_on_stderr_and_exit_2() {
+    let (status, stdout, stderr) = run_to_end(&["--max-clients", "lots"]);
+    assert_eq!(status.code(), Some(2), "stderr: {stderr}");
+    assert_eq!(stderr.lines().count(), 1, "stderr: {stderr:?}");
+    assert!(stderr.contains("--max-clients"), "{stderr:?}");
+    assert!(stderr.contains("lots"), "{stderr:?}");
+    assert_eq!(stdout, "");
+}
+
+#[test]
+fn an_address_in_use_exits_1_naming_the_address() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let (status, _, stderr) = run_to_end(&["--listen", &addr]);
+    assert_eq!(status.code(), Some(1), "stderr: {stderr}");
+    assert!(stderr.contains(&addr), "{stderr:?} does not name {addr}");
+    drop(taken);
+}
+
+#[test]
+fn help_lists_every_flag_with_its_default_and_exits_0() {
+    let (status, help, stderr) = run_to_end(&["--help"]);
+    assert_eq!(status.code(), Some(0), "stderr: {stderr}");
+    let flags = [
+        ("--listen", "127.0.0.1:8080"),
+        ("--max-clients", "10000"),
+        ("--max-waiting", "1000"),
+        ("--max-per-ip", "64"),
+        ("--max-line", "4096"),
+        ("--max-outbuf", "1048576"),
+        ("--write-timeout", "30"),
+        ("--idle-timeout", "0"),
+        ("--rate", "10"),
+        ("--burst", "50"),
+        ("--announce-limit", "100"),
+        ("--shutdown-grace", "5"),
+        ("--log-level", "info"),
+    ];
+    let lines: Vec<&str> = help.lines().collect();
+    for (flag, default) in flags {
+        let start = lines
+            .iter()
+            .position(|line| line.split_whitespace().next() == Some(flag))
+            .unwrap_or_else(|| panic!("{flag} missing from {help}"));
+        // A flag's entry runs up to the line that starts the next one.
+        let end = lines[start + 1..]
+            .iter()
+            .position(|line| line.trim_start().starts_with("--"))
+            .map_or(lines.len(), |offset| start + 1 + offset);
+        let entry = lines[start..end].join("\n");
+        assert!(
+            entry.contains(default),
+            "{flag}: default {default} missing from {entry:?}"
+        );
+    }
+}
