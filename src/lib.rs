@@ -11,4 +11,4 @@ pub mod line;
 pub mod server;
 
 pub use config::Config;
-pub use server::{Server, ServerStats, ShutdownHandle, StartError, StatsHandle};
+pub use server::{Server, ServerStats, ShutdownHandle, StartError, StatsHandle, Stopped};

@@ -3,7 +3,11 @@
 use std::process::ExitCode;
 
 use apollonion::config::{help_text, ConfigError};
-use apollonion::{Config, Server};
+use apollonion::{Config, Server, Stopped};
+
+/// Exit code after a second signal cut the shutdown short: the shell's
+/// convention for "ended by SIGINT".
+const FORCED_EXIT: u8 = 130;
 
 fn main() -> ExitCode {
     let config = match Config::from_args_and_env(std::env::args().skip(1), std::env::vars()) {
@@ -31,7 +35,8 @@ fn main() -> ExitCode {
         }
     };
     match server.run() {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(Stopped::Orderly) => ExitCode::SUCCESS,
+        Ok(Stopped::Forced) => ExitCode::from(FORCED_EXIT),
         Err(err) => {
             log::error!("the event loop failed: {err}");
             ExitCode::from(1)

@@ -94,6 +94,15 @@ impl ShutdownHandle {
     }
 }
 
+/// How [`Server::run`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// Output drained, or the shutdown grace ran out.
+    Orderly,
+    /// A second signal cut the shutdown short.
+    Forced,
+}
+
 /// A snapshot of what the server holds, for tests and leak checks.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ServerStats {
@@ -218,9 +227,9 @@ impl Server {
         }
     }
 
-    /// Serves until an orderly shutdown completes. Returns an error only if
-    /// the poller itself fails.
-    pub fn run(mut self) -> io::Result<()> {
+    /// Serves until a shutdown completes. Returns an error only if the
+    /// poller itself fails.
+    pub fn run(mut self) -> io::Result<Stopped> {
         info!("listening on {}", self.local_addr);
         self.check_descriptor_limit();
         let mut events = Events::with_capacity(1024);
@@ -259,7 +268,7 @@ impl Server {
             }
             if self.exit_now {
                 info!("second signal: exiting at once");
-                return Ok(());
+                return Ok(Stopped::Forced);
             }
             self.fire_timers(now);
             self.accept_connections(now);
@@ -267,7 +276,7 @@ impl Server {
             self.flush_connections();
             self.close_connections();
             if self.shutdown_finished(Instant::now()) {
-                return Ok(());
+                return Ok(Stopped::Orderly);
             }
         }
     }

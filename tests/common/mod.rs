@@ -7,7 +7,7 @@ use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use apollonion::{Config, Server, ShutdownHandle};
+use apollonion::{Config, Server, ShutdownHandle, Stopped};
 
 /// How long any single expectation may wait before the test fails.
 pub const PATIENCE: Duration = Duration::from_secs(10);
@@ -15,7 +15,7 @@ pub const PATIENCE: Duration = Duration::from_secs(10);
 pub struct TestServer {
     pub addr: SocketAddr,
     handle: ShutdownHandle,
-    thread: Option<JoinHandle<io::Result<()>>>,
+    thread: Option<JoinHandle<io::Result<Stopped>>>,
 }
 
 impl TestServer {
@@ -71,10 +71,13 @@ impl TestServer {
     }
 
     /// Orderly shutdown, waiting for the server thread to finish.
+    /// Asserts the shutdown was orderly, not cut short.
     pub fn stop(mut self) -> io::Result<()> {
         self.handle.shutdown().expect("wake server");
         let thread = self.thread.take().expect("running");
-        thread.join().expect("server thread panicked")
+        let stopped = thread.join().expect("server thread panicked")?;
+        assert_eq!(stopped, Stopped::Orderly);
+        Ok(())
     }
 }
 
