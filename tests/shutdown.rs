@@ -223,7 +223,11 @@ fn a_second_signal_exits_at_once_while_output_is_still_pending() {
         .exit_within(Duration::from_secs(3))
         .expect("a second signal exits at once");
     assert!(second.elapsed() < grace / 10, "{:?}", second.elapsed());
-    assert_eq!(status.code(), Some(130), "exited by itself, as interrupted: {status}");
+    assert_eq!(
+        status.code(),
+        Some(130),
+        "exited by itself, as interrupted: {status}"
+    );
 }
 
 #[test]
