@@ -1,7 +1,8 @@
 //! Fan-out benchmarks: how fast one chat line reaches a room of N members.
 //!
-//! - `core_fanout/N`: the chat core broadcasting one line into N real
-//!   out-queues (throughput in deliveries).
+//! - `core_fanout/{1,100}_lines_per_turn/N`: the chat core handing one or
+//!   a hundred lines said in one loop turn to a room of N members, into
+//!   real out-queues (throughput in deliveries).
 //! - `flush/{vectored,write_per_line}/K`: K queued lines written into a
 //!   loopback socket, with one vectored write versus one write per line (the
 //!   baseline, measured in the same run).
@@ -34,6 +35,10 @@ impl Outbox for Queues {
         }
     }
 
+    fn send_lines(&mut self, to: ClientId, lines: Bytes) {
+        self.send(to, lines, None);
+    }
+
     fn close(&mut self, _to: ClientId) {}
 }
 
@@ -60,22 +65,32 @@ fn room_of(members: usize) -> (Chat, Queues) {
     for id in 0..members {
         chat.on_connect(&mut out, ClientId(id), ip);
     }
+    chat.end_turn(&mut out);
     out.clear();
     (chat, out)
 }
 
+/// `lines` lines from one sender in one loop turn, handed out to the room.
 fn core_fanout(c: &mut Criterion) {
     let mut group = c.benchmark_group("core_fanout");
     let line = "x".repeat(64);
-    for members in [10, 100, 1000, 10_000] {
-        let (mut chat, mut out) = room_of(members);
-        group.throughput(Throughput::Elements(members as u64 - 1));
-        group.bench_with_input(BenchmarkId::from_parameter(members), &members, |b, _| {
-            b.iter(|| {
-                chat.on_line(&mut out, ClientId(0), &line);
-                out.clear();
-            })
-        });
+    for lines_per_turn in [1, 100] {
+        for members in [10, 100, 1000, 10_000] {
+            let (mut chat, mut out) = room_of(members);
+            group.throughput(Throughput::Elements(
+                (members as u64 - 1) * lines_per_turn as u64,
+            ));
+            let id = BenchmarkId::new(format!("{lines_per_turn}_lines_per_turn"), members);
+            group.bench_with_input(id, &members, |b, _| {
+                b.iter(|| {
+                    for _ in 0..lines_per_turn {
+                        chat.on_line(&mut out, ClientId(0), &line);
+                    }
+                    chat.end_turn(&mut out);
+                    out.clear();
+                })
+            });
+        }
     }
     group.finish();
 }

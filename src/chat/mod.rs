@@ -6,6 +6,7 @@
 //! trait, which it defines and the transport implements. Unit tests drive it
 //! with a recording fake.
 
+mod batch;
 mod command;
 mod names;
 mod receipts;
@@ -44,6 +45,20 @@ pub trait Outbox {
     /// receipt tag must later be reported to [`Chat::on_written`] or
     /// [`Chat::on_dropped`] exactly once, unless it was skipped.
     fn send(&mut self, to: ClientId, line: Bytes, receipt: Option<ReceiptTag>) -> Sent;
+    /// Queues several complete lines, in order, in one chunk. A transport
+    /// whose queue cannot take the whole chunk splits it at line ends and
+    /// skips what does not fit, line by line. This default does exactly that
+    /// through `send`.
+    fn send_lines(&mut self, to: ClientId, lines: Bytes) {
+        let mut rest = lines;
+        while !rest.is_empty() {
+            let end = rest
+                .iter()
+                .position(|&byte| byte == b'\n')
+                .map_or(rest.len(), |at| at + 1);
+            self.send(to, rest.split_to(end), None);
+        }
+    }
     /// Closes `to` once what is already queued for it has been written.
     /// The chat has already forgotten the client.
     fn close(&mut self, to: ClientId);
@@ -144,6 +159,8 @@ pub struct Chat {
     per_ip: HashMap<IpAddr, usize>,
     nicks: Nicknames,
     rooms: Rooms,
+    /// Rooms whose batch may hold lines of this turn.
+    batched_rooms: Vec<RoomId>,
     receipts: Receipts,
     shut_down: bool,
 }
@@ -159,6 +176,7 @@ impl Chat {
             per_ip: HashMap::new(),
             nicks: Nicknames::default(),
             rooms: Rooms::default(),
+            batched_rooms: Vec::new(),
             receipts: Receipts::default(),
             shut_down: false,
         }
@@ -215,23 +233,17 @@ impl Chat {
 
     /// One cleaned, non-empty input line from `id`.
     pub fn on_line(&mut self, out: &mut impl Outbox, id: ClientId, line: &str) {
-        let Some(chatter) = self.chatter(id) else {
+        if self.chatter(id).is_none() {
             // Waiting clients' input is discarded, as is anything from a
             // client the chat has already let go.
             return;
-        };
+        }
         match command::parse(line) {
-            Command::Say(text) => {
-                let line = text_line(format_args!("{}: {text}", chatter.nick));
-                self.say_to_room(out, id, line);
-            }
-            Command::Me(text) => {
-                let line = notice_line(format_args!("{} {text}", chatter.nick));
-                self.say_to_room(out, id, line);
-            }
+            Command::Say(text) => self.say_to_room(out, id, Speech::Line, text),
+            Command::Me(text) => self.say_to_room(out, id, Speech::Action, text),
             Command::Help => {
                 for help in HELP {
-                    out.send(id, notice_line(help), None);
+                    self.deliver(out, id, notice_line(help), None);
                 }
             }
             Command::Nick(new) => self.rename(out, id, new),
@@ -244,22 +256,25 @@ impl Chat {
                     chatter.receipts = on;
                 }
                 let state = if on { "on" } else { "off" };
-                out.send(id, notice_line(format_args!("receipts {state}")), None);
+                self.deliver(out, id, notice_line(format_args!("receipts {state}")), None);
             }
             Command::Quit(reason) => {
-                out.send(id, notice_line("bye"), None);
                 let suffix = match reason {
                     Some(reason) => format!(": {reason}"),
                     None => String::new(),
                 };
+                // Leaving first hands out the room's pending lines, so the
+                // goodbye is the last thing the client reads.
                 self.remove(out, id, &suffix);
+                out.send(id, notice_line("bye"), None);
                 out.close(id);
             }
             Command::Usage(usage) => {
-                out.send(id, error_line(format_args!("usage: {usage}")), None);
+                self.deliver(out, id, error_line(format_args!("usage: {usage}")), None);
             }
             Command::Unknown(word) => {
-                out.send(
+                self.deliver(
+                    out,
                     id,
                     error_line(format_args!("unknown command {word}, try /help")),
                     None,
@@ -272,11 +287,8 @@ impl Chat {
     pub fn on_line_too_long(&mut self, out: &mut impl Outbox, id: ClientId) {
         if self.chatter(id).is_some() {
             let max = self.config.max_line;
-            out.send(
-                id,
-                error_line(format_args!("line too long (max {max} bytes)")),
-                None,
-            );
+            let line = error_line(format_args!("line too long (max {max} bytes)"));
+            self.deliver(out, id, line, None);
         }
     }
 
@@ -285,12 +297,12 @@ impl Chat {
         if self.client(id).is_none() {
             return;
         }
+        self.remove(out, id, "");
         out.send(
             id,
             error_line("this is a chat server: connect with telnet or nc"),
             None,
         );
-        self.remove(out, id, "");
         out.close(id);
     }
 
@@ -320,19 +332,17 @@ impl Chat {
     /// queue has drained enough to tell it so.
     pub fn on_lines_skipped(&mut self, out: &mut impl Outbox, id: ClientId, count: u64) {
         if self.chatter(id).is_some() {
-            out.send(
-                id,
-                notice_line(format_args!(
-                    "{count} lines skipped, you were too slow to keep up"
-                )),
-                None,
-            );
+            let line = notice_line(format_args!(
+                "{count} lines skipped, you were too slow to keep up"
+            ));
+            self.deliver(out, id, line, None);
         }
     }
 
-    /// Orderly shutdown: every client is told and closed; later connects are
-    /// refused.
+    /// Orderly shutdown: what was said so far is handed out, then every
+    /// client is told and closed; later connects are refused.
     pub fn on_shutdown(&mut self, out: &mut impl Outbox) {
+        self.end_turn(out);
         self.shut_down = true;
         let notice = notice_line("server shutting down");
         for (index, slot) in self.clients.iter_mut().enumerate() {
@@ -350,6 +360,14 @@ impl Chat {
         // the transport still reports their copies, and nobody is told.
         self.nicks = Nicknames::default();
         self.rooms = Rooms::default();
+    }
+
+    /// Hands out the room lines batched during this loop turn. The
+    /// transport calls this once per turn, before it writes to sockets.
+    pub fn end_turn(&mut self, out: &mut impl Outbox) {
+        for room in std::mem::take(&mut self.batched_rooms) {
+            self.flush_room(out, room);
+        }
     }
 
     /// The nickname of a chatting client, for the transport's log.
@@ -384,7 +402,7 @@ impl Chat {
     /// Moves a known client into the chat: guest name, lobby, welcome.
     fn admit(&mut self, out: &mut impl Outbox, id: ClientId) -> String {
         let nick = self.nicks.claim_guest(id);
-        let (room, slot) = self.rooms.join(LOBBY, id);
+        let (room, slot) = self.enter_room(out, LOBBY, id);
         if let Some(Some(client)) = self.clients.get_mut(id.0) {
             client.chatter = Some(Chatter {
                 nick: nick.clone(),
@@ -403,7 +421,7 @@ impl Chat {
             )),
             None,
         );
-        self.announce(out, room, id, format_args!("{nick} joined {LOBBY}"));
+        self.announce(room, id, format_args!("{nick} joined {LOBBY}"));
         nick
     }
 
@@ -424,12 +442,11 @@ impl Chat {
             Some(chatter) => {
                 let room_name = self.rooms.get(chatter.room).name.clone();
                 self.announce(
-                    out,
                     chatter.room,
                     id,
                     format_args!("{} left {room_name}{suffix}", chatter.nick),
                 );
-                self.leave_room(chatter.room, chatter.slot);
+                self.leave_room(out, chatter.room, chatter.slot);
                 self.nicks.release(&chatter.nick);
                 self.chatting -= 1;
                 if let Some(next) = self.waiting.pop_front() {
@@ -439,7 +456,10 @@ impl Chat {
         }
     }
 
-    fn leave_room(&mut self, room: RoomId, slot: usize) {
+    /// Hands out what was said in the room before it loses a member, so
+    /// that member still gets it and the receipt counts stay exact.
+    fn leave_room(&mut self, out: &mut impl Outbox, room: RoomId, slot: usize) {
+        self.flush_room(out, room);
         if let Some(moved) = self.rooms.leave(room, slot) {
             if let Some(chatter) = self.chatter_mut(moved.member) {
                 chatter.slot = moved.slot;
@@ -447,63 +467,110 @@ impl Chat {
         }
     }
 
-    /// Queues `line` for everyone in the sender's room but the sender, with a
-    /// receipt if the sender asked for them.
-    fn say_to_room(&mut self, out: &mut impl Outbox, id: ClientId, line: Bytes) {
+    /// Hands out what was said in the room before a newcomer arrives, who
+    /// must not get it.
+    fn enter_room(&mut self, out: &mut impl Outbox, name: &str, id: ClientId) -> (RoomId, usize) {
+        if let Some(room) = self.rooms.find(name) {
+            self.flush_room(out, room);
+        }
+        self.rooms.join(name, id)
+    }
+
+    /// Batches a line for everyone in the sender's room but the sender, with
+    /// a receipt if the sender asked for them.
+    fn say_to_room(&mut self, out: &mut impl Outbox, id: ClientId, speech: Speech, text: &str) {
         let Some(client) = self.clients.get_mut(id.0).and_then(Option::as_mut) else {
             return;
         };
-        let serial = client.serial;
+        let origin = Origin {
+            client: id,
+            serial: client.serial,
+        };
         let Some(chatter) = client.chatter.as_mut() else {
             return;
         };
-        let members = &self.rooms.get(chatter.room).members;
-        if !chatter.receipts {
-            for &member in members {
-                if member != id {
-                    out.send(member, line.clone(), None);
-                }
-            }
+        let Some(room) = self.rooms.get_mut(chatter.room) else {
             return;
-        }
-        chatter.receipt_seq += 1;
-        let origin = Origin { client: id, serial };
-        let tag = self
-            .receipts
-            .open_room(origin, chatter.receipt_seq, members.len() - 1);
-        let mut skipped = 0;
-        for &member in members {
-            if member != id && out.send(member, line.clone(), Some(tag)) == Sent::Skipped {
-                skipped += 1;
+        };
+        let recipients = room.members.len() - 1;
+        let mut receipt = None;
+        let mut unheard = None;
+        if chatter.receipts {
+            chatter.receipt_seq += 1;
+            if recipients == 0 {
+                unheard = Some(chatter.receipt_seq);
+            } else {
+                receipt = Some(
+                    self.receipts
+                        .open_room(origin, chatter.receipt_seq, recipients),
+                );
             }
         }
-        for _ in 0..skipped {
-            self.settle(out, tag, false);
+        if recipients > 0 {
+            if room.batch.is_empty() {
+                self.batched_rooms.push(chatter.room);
+            }
+            let nick = &chatter.nick;
+            match speech {
+                Speech::Line => room
+                    .batch
+                    .push("", format_args!("{nick}: {text}"), id, receipt),
+                Speech::Action => room
+                    .batch
+                    .push("* ", format_args!("{nick} {text}"), id, receipt),
+            }
         }
-        if let Some(finished) = self.receipts.finish_if_empty(tag) {
-            self.report(out, finished);
+        if let Some(seq) = unheard {
+            let line = notice_line(format_args!("#{seq} delivered to 0 of 0"));
+            self.deliver(out, id, line, None);
         }
     }
 
-    /// A join, leave or rename notice for everyone in `room` but `subject`,
-    /// unless the room is too big for such notices to be worth their cost.
-    fn announce(
-        &self,
-        out: &mut impl Outbox,
-        room: RoomId,
-        subject: ClientId,
-        text: std::fmt::Arguments<'_>,
-    ) {
-        let members = &self.rooms.get(room).members;
-        if members.len() > self.config.announce_limit {
+    /// Batches a join, leave or rename notice for everyone in `room` but
+    /// `subject`, unless the room is too big for such notices to be worth
+    /// their cost.
+    fn announce(&mut self, room: RoomId, subject: ClientId, text: std::fmt::Arguments<'_>) {
+        let Some(members_room) = self.rooms.get_mut(room) else {
+            return;
+        };
+        let members = &members_room.members;
+        let nobody_else = members.iter().all(|&member| member == subject);
+        if nobody_else || members.len() > self.config.announce_limit {
             return;
         }
-        let line = notice_line(text);
-        for &member in members {
-            if member != subject {
-                out.send(member, line.clone(), None);
-            }
+        if members_room.batch.is_empty() {
+            self.batched_rooms.push(room);
         }
+        members_room.batch.push("* ", text, subject, None);
+    }
+
+    /// Queues the room's batched lines for its members.
+    fn flush_room(&mut self, out: &mut impl Outbox, room: RoomId) {
+        let Some(room) = self.rooms.get_mut(room) else {
+            return;
+        };
+        if room.batch.is_empty() {
+            return;
+        }
+        let skipped = room.batch.take().deliver(&room.members, out);
+        for tag in skipped {
+            self.settle(out, tag, false);
+        }
+    }
+
+    /// Queues a line for one client, after whatever its room said earlier
+    /// in this turn: batching must not let a direct line overtake it.
+    fn deliver(
+        &mut self,
+        out: &mut impl Outbox,
+        to: ClientId,
+        line: Bytes,
+        receipt: Option<ReceiptTag>,
+    ) -> Sent {
+        if let Some(room) = self.chatter(to).map(|chatter| chatter.room) {
+            self.flush_room(out, room);
+        }
+        out.send(to, line, receipt)
     }
 
     fn rename(&mut self, out: &mut impl Outbox, id: ClientId, new: &str) {
@@ -512,14 +579,16 @@ impl Chat {
         };
         match self.nicks.rename(id, &old, new) {
             Err(NickError::Invalid) => {
-                out.send(
+                self.deliver(
+                    out,
                     id,
                     error_line("invalid nickname: use 1 to 24 letters, digits, _ or -"),
                     None,
                 );
             }
             Err(NickError::Taken) => {
-                out.send(
+                self.deliver(
+                    out,
                     id,
                     error_line(format_args!("nickname {new} is taken")),
                     None,
@@ -531,9 +600,14 @@ impl Chat {
                 };
                 chatter.nick = new.to_string();
                 let room = chatter.room;
-                out.send(id, notice_line(format_args!("you are now {new}")), None);
+                self.deliver(
+                    out,
+                    id,
+                    notice_line(format_args!("you are now {new}")),
+                    None,
+                );
                 if old != new {
-                    self.announce(out, room, id, format_args!("{old} is now known as {new}"));
+                    self.announce(room, id, format_args!("{old} is now known as {new}"));
                 }
             }
         }
@@ -541,7 +615,8 @@ impl Chat {
 
     fn join(&mut self, out: &mut impl Outbox, id: ClientId, requested: &str) {
         let Some(name) = canonical_room_name(requested) else {
-            out.send(
+            self.deliver(
+                out,
                 id,
                 error_line("invalid room name: use # and 1 to 32 letters, digits, _ or -"),
                 None,
@@ -553,7 +628,8 @@ impl Chat {
         };
         let (old_room, old_slot, nick) = (chatter.room, chatter.slot, chatter.nick.clone());
         if self.rooms.find(&name) == Some(old_room) {
-            out.send(
+            self.deliver(
+                out,
                 id,
                 error_line(format_args!("you are already in {name}")),
                 None,
@@ -561,23 +637,24 @@ impl Chat {
             return;
         }
         let old_name = self.rooms.get(old_room).name.clone();
-        self.announce(out, old_room, id, format_args!("{nick} left {old_name}"));
-        self.leave_room(old_room, old_slot);
-        let (room, slot) = self.rooms.join(&name, id);
+        self.announce(old_room, id, format_args!("{nick} left {old_name}"));
+        self.leave_room(out, old_room, old_slot);
+        let (room, slot) = self.enter_room(out, &name, id);
         if let Some(chatter) = self.chatter_mut(id) {
             chatter.room = room;
             chatter.slot = slot;
         }
-        self.announce(out, room, id, format_args!("{nick} joined {name}"));
+        self.announce(room, id, format_args!("{nick} joined {name}"));
         let here = self.rooms.get(room).members.len();
-        out.send(
+        self.deliver(
+            out,
             id,
             notice_line(format_args!("you joined {name} ({here} here)")),
             None,
         );
     }
 
-    fn list_rooms(&self, out: &mut impl Outbox, id: ClientId) {
+    fn list_rooms(&mut self, out: &mut impl Outbox, id: ClientId) {
         let listing = self.rooms.listing();
         let mut text = String::from("rooms: ");
         for (index, (name, count)) in listing.iter().take(LIST_LIMIT).enumerate() {
@@ -589,10 +666,10 @@ impl Chat {
         if listing.len() > LIST_LIMIT {
             let _ = write!(text, ", … and {} more", listing.len() - LIST_LIMIT);
         }
-        out.send(id, notice_line(text), None);
+        self.deliver(out, id, notice_line(text), None);
     }
 
-    fn list_members(&self, out: &mut impl Outbox, id: ClientId) {
+    fn list_members(&mut self, out: &mut impl Outbox, id: ClientId) {
         let Some(chatter) = self.chatter(id) else {
             return;
         };
@@ -613,12 +690,17 @@ impl Chat {
         if names.len() > LIST_LIMIT {
             let _ = write!(text, ", … and {} more", names.len() - LIST_LIMIT);
         }
-        out.send(id, notice_line(text), None);
+        self.deliver(out, id, notice_line(text), None);
     }
 
     fn direct_message(&mut self, out: &mut impl Outbox, id: ClientId, to: &str, text: &str) {
         let Some(target) = self.nicks.owner(to) else {
-            out.send(id, error_line(format_args!("no such user: {to}")), None);
+            self.deliver(
+                out,
+                id,
+                error_line(format_args!("no such user: {to}")),
+                None,
+            );
             return;
         };
         let (Some(client), Some(nick), Some(target_nick)) =
@@ -633,10 +715,11 @@ impl Chat {
         let line = text_line(format_args!("(dm) {nick}: {text}"));
         let target_nick = target_nick.to_string();
         let tag = self.receipts.open_direct(origin, target_nick.clone());
-        if out.send(target, line, Some(tag)) == Sent::Skipped {
+        if self.deliver(out, target, line, Some(tag)) == Sent::Skipped {
             // Not "left": the recipient is there but not reading.
             self.receipts.cancel(tag);
-            out.send(
+            self.deliver(
+                out,
                 id,
                 error_line(format_args!(
                     "{target_nick} is not keeping up, your message was not delivered"
@@ -654,7 +737,7 @@ impl Chat {
 
     /// Tells the sender how its line fared, if the sender is still the same
     /// client.
-    fn report(&self, out: &mut impl Outbox, finished: Finished) {
+    fn report(&mut self, out: &mut impl Outbox, finished: Finished) {
         let (origin, line) = match finished {
             Finished::Room {
                 origin,
@@ -690,9 +773,18 @@ impl Chat {
             .client(origin.client)
             .is_some_and(|client| client.serial == origin.serial && client.chatter.is_some());
         if still_there {
-            out.send(origin.client, line, None);
+            self.deliver(out, origin.client, line, None);
         }
     }
+}
+
+/// How a room line is shown.
+#[derive(Clone, Copy)]
+enum Speech {
+    /// `nick: text`
+    Line,
+    /// `* nick text`, from `/me`
+    Action,
 }
 
 /// Counts of what the chat holds.

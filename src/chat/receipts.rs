@@ -115,17 +115,6 @@ impl Receipts {
         })
     }
 
-    /// Finishes a room receipt that went to nobody.
-    pub fn finish_if_empty(&mut self, tag: ReceiptTag) -> Option<Finished> {
-        match self.pending.get(tag.0)? {
-            Pending::Room { outstanding: 0, .. } => {
-                // Settling with nothing outstanding just removes it.
-                self.settle(tag, false)
-            }
-            _ => None,
-        }
-    }
-
     /// Forgets a receipt whose line was never queued anywhere.
     pub fn cancel(&mut self, tag: ReceiptTag) {
         self.pending.try_remove(tag.0);

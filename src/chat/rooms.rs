@@ -4,6 +4,7 @@ use std::collections::HashMap;
 
 use slab::Slab;
 
+use super::batch::RoomBatch;
 use super::ClientId;
 
 pub const LOBBY: &str = "#lobby";
@@ -18,6 +19,8 @@ pub struct Room {
     /// Unordered; a member's position is remembered by the caller (the
     /// `slot` handed out by `join`) so leaving is a swap-remove.
     pub members: Vec<ClientId>,
+    /// Lines said in the room during the current loop turn.
+    pub batch: RoomBatch,
 }
 
 /// Folds a `#name` to its canonical lower-case form, or `None` if it is not a
@@ -50,6 +53,7 @@ impl Default for Rooms {
         let lobby = RoomId(rooms.insert(Room {
             name: LOBBY.to_string(),
             members: Vec::new(),
+            batch: RoomBatch::default(),
         }));
         let by_name = HashMap::from([(LOBBY.to_string(), lobby)]);
         Rooms {
@@ -65,6 +69,11 @@ impl Rooms {
         &self.rooms[id.0]
     }
 
+    /// A room that may have been removed since its id was taken.
+    pub fn get_mut(&mut self, id: RoomId) -> Option<&mut Room> {
+        self.rooms.get_mut(id.0)
+    }
+
     pub fn find(&self, canonical_name: &str) -> Option<RoomId> {
         self.by_name.get(canonical_name).copied()
     }
@@ -78,6 +87,7 @@ impl Rooms {
                 let id = RoomId(self.rooms.insert(Room {
                     name: canonical_name.to_string(),
                     members: Vec::new(),
+                    batch: RoomBatch::default(),
                 }));
                 self.by_name.insert(canonical_name.to_string(), id);
                 id

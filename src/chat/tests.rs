@@ -85,7 +85,9 @@ impl Net {
 
     /// Connects under a chosen id, as a transport reusing a freed slot does.
     fn connect_as(&mut self, id: ClientId, ip: IpAddr) -> Admission {
-        self.chat.on_connect(&mut self.out, id, ip)
+        let admission = self.chat.on_connect(&mut self.out, id, ip);
+        self.end_turn();
+        admission
     }
 
     /// `N` clients in the lobby, with the welcome and join chatter forgotten.
@@ -97,6 +99,13 @@ impl Net {
 
     fn say(&mut self, id: ClientId, line: &str) {
         self.chat.on_line(&mut self.out, id, line);
+        self.end_turn();
+    }
+
+    /// What the transport does after every event: hand out the turn's
+    /// batched room lines.
+    fn end_turn(&mut self) {
+        self.chat.end_turn(&mut self.out);
     }
 
     /// Everything sent to `id` since the last call, without the `\r\n`.
@@ -141,6 +150,7 @@ impl Net {
     fn flush(&mut self, id: ClientId) {
         for tag in self.take_unsettled(id) {
             self.chat.on_written(&mut self.out, tag);
+            self.end_turn();
         }
     }
 
@@ -148,12 +158,14 @@ impl Net {
     fn drop_queue(&mut self, id: ClientId) {
         for tag in self.take_unsettled(id) {
             self.chat.on_dropped(&mut self.out, tag);
+            self.end_turn();
         }
     }
 
     /// The connection is gone: the transport reports it and drops its queue.
     fn hang_up(&mut self, id: ClientId, reason: LeaveReason) {
         self.chat.on_disconnect(&mut self.out, id, reason);
+        self.end_turn();
         self.drop_queue(id);
     }
 }
@@ -335,6 +347,7 @@ fn an_http_request_is_answered_and_closed() {
     let mut net = Net::new();
     let [browser] = net.chatters();
     net.chat.on_http_request(&mut net.out, browser);
+    net.end_turn();
     assert_eq!(
         net.line(browser),
         "! this is a chat server: connect with telnet or nc"
@@ -433,6 +446,7 @@ fn a_too_long_line_is_refused_and_the_client_stays() {
     });
     let [alice, bob] = net.chatters();
     net.chat.on_line_too_long(&mut net.out, alice);
+    net.end_turn();
     assert_eq!(net.line(alice), "! line too long (max 512 bytes)");
     assert!(net.out.closed.is_empty());
     net.say(alice, "short one");
@@ -444,6 +458,7 @@ fn skipped_lines_are_counted_to_the_slow_client() {
     let mut net = Net::new();
     let [alice, bob] = net.chatters();
     net.chat.on_lines_skipped(&mut net.out, alice, 7);
+    net.end_turn();
     assert_eq!(
         net.line(alice),
         "* 7 lines skipped, you were too slow to keep up"
@@ -1222,7 +1237,10 @@ fn churn_leaves_nothing_behind() {
                 }
                 73..=84 => net.flush(id),
                 85..=88 => net.say(id, "/quit"),
-                89..=91 => net.chat.on_http_request(&mut net.out, id),
+                89..=91 => {
+                    net.chat.on_http_request(&mut net.out, id);
+                    net.end_turn();
+                }
                 92 => net.say(id, "/rooms"),
                 _ => leaving.push((id, reason)),
             }

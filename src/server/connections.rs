@@ -115,6 +115,25 @@ impl Outbox for Connections {
         self.enqueue(to.0, line, receipt, self.ignore_cap)
     }
 
+    fn send_lines(&mut self, to: ClientId, mut lines: Bytes) {
+        let fits = self.slab.get(to.0).is_some_and(|conn| {
+            self.ignore_cap || conn.out.pending() + lines.len() <= self.max_outbuf
+        });
+        if fits {
+            self.enqueue(to.0, lines, None, self.ignore_cap);
+            return;
+        }
+        // Too much for what is left under the cap: as many whole lines as
+        // fit, each line that does not is counted as skipped.
+        while !lines.is_empty() {
+            let end = lines
+                .iter()
+                .position(|&byte| byte == b'\n')
+                .map_or(lines.len(), |at| at + 1);
+            self.enqueue(to.0, lines.split_to(end), None, self.ignore_cap);
+        }
+    }
+
     fn close(&mut self, to: ClientId) {
         self.close_after_flush(to.0, CloseCause::ClosedByChat);
     }

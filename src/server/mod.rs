@@ -48,6 +48,11 @@ const READ_CHUNK: usize = 16 * 1024;
 /// Connections accepted per loop turn, so a connect storm cannot starve
 /// clients already in.
 const ACCEPT_BUDGET: usize = 256;
+/// Connections the kernel may hold for us to accept (capped by
+/// `net.core.somaxconn`, itself 4096 by default). mio listens with std's
+/// 128: a reconnect storm overflows that between two loop turns, and every
+/// dropped SYN costs its client a one-second retransmit.
+const LISTEN_BACKLOG: libc::c_int = 4096;
 /// How long accepting pauses after running out of file descriptors (a
 /// close resumes it sooner).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -171,6 +176,7 @@ impl Server {
                 addr: config.listen,
                 source,
             })?;
+        widen_backlog(&listener);
         let local_addr = listener.local_addr().map_err(setup("the listener"))?;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)
@@ -273,8 +279,12 @@ impl Server {
             self.fire_timers(now);
             self.accept_connections(now);
             self.read_connections(now);
+            self.chat.end_turn(&mut self.conns);
             self.flush_connections();
             self.close_connections();
+            // Leave notices of what just closed go out next turn, which
+            // starts at once because they put connections on the flush list.
+            self.chat.end_turn(&mut self.conns);
             if self.shutdown_finished(Instant::now()) {
                 return Ok(Stopped::Orderly);
             }
@@ -514,6 +524,12 @@ impl Server {
     }
 
     fn admit(&mut self, mut stream: TcpStream, peer: SocketAddr, now: Instant) {
+        // Output is already batched into one write per loop turn; Nagle
+        // would only hold a reply back until the client acknowledges the
+        // previous turn's lines, which a delayed ACK makes 40 ms.
+        if let Err(err) = stream.set_nodelay(true) {
+            debug!("client from {peer}: cannot set TCP_NODELAY: {err}");
+        }
         let entry = self.conns.slab.vacant_entry();
         let key = entry.key();
         if let Err(err) = self.poll.registry().register(
@@ -826,6 +842,19 @@ impl Server {
                 .get(timer.key)
                 .is_some_and(|conn| conn.serial == timer.serial),
         });
+    }
+}
+
+/// Raises the listen backlog of an already listening socket: calling
+/// `listen` again only changes the queue length.
+fn widen_backlog(listener: &TcpListener) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: listen on a descriptor the listener owns; no memory is passed.
+    if unsafe { libc::listen(listener.as_raw_fd(), LISTEN_BACKLOG) } != 0 {
+        warn!(
+            "cannot raise the listen backlog: {}",
+            io::Error::last_os_error()
+        );
     }
 }
 
