@@ -6,12 +6,20 @@
 //! - `flush/{vectored,write_per_line}/K`: K queued lines written into a
 //!   loopback socket, with one vectored write versus one write per line (the
 //!   baseline, measured in the same run).
+//! - `end_to_end/N`: the server in-process on 127.0.0.1:0, one sender and N
+//!   reading clients over loopback, driven by the load tool's driver with
+//!   its exact delivery accounting (throughput in delivered lines).
+
+#[path = "../examples/loadgen/driver.rs"]
+mod driver;
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, TcpListener, TcpStream};
+use std::time::Duration;
 
 use apollonion::chat::{Chat, ChatConfig, ClientId, Outbox, ReceiptTag, Sent};
 use apollonion::server::out_queue::OutQueue;
+use apollonion::{Config, Server};
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
@@ -146,5 +154,44 @@ fn flush(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, core_fanout, flush);
+/// Lines the sender sends per criterion iteration.
+const LINES_PER_ITERATION: u64 = 100;
+
+fn end_to_end(c: &mut Criterion) {
+    let config = Config {
+        listen: "127.0.0.1:0".parse().expect("address"),
+        rate: 0,
+        max_per_ip: 0,
+        ..Config::default()
+    };
+    let server = Server::bind(config).expect("bind");
+    let addr = server.local_addr();
+    let shutdown = server.shutdown_handle();
+    let thread = std::thread::spawn(move || server.run());
+
+    let mut group = c.benchmark_group("end_to_end");
+    group.measurement_time(Duration::from_secs(5));
+    for receivers in [10, 100, 1000] {
+        let mut load = driver::LoadConfig::new(driver::Target::Apollonion, addr);
+        load.receivers = receivers;
+        load.linger = Duration::ZERO;
+        let mut session = driver::Session::connect(&load).expect("connect the load");
+        session.warm_up(1000).expect("warm-up");
+        group.throughput(Throughput::Elements(LINES_PER_ITERATION * receivers as u64));
+        group.bench_function(BenchmarkId::from_parameter(receivers), |b| {
+            b.iter_custom(|iterations| {
+                let report = session
+                    .measure(driver::Stop::Lines(iterations * LINES_PER_ITERATION))
+                    .expect("every line delivered");
+                assert!(report.passed(), "lost or reordered lines");
+                report.elapsed
+            })
+        });
+    }
+    group.finish();
+    shutdown.shutdown().expect("stop the server");
+    thread.join().expect("server thread").expect("server run");
+}
+
+criterion_group!(benches, core_fanout, flush, end_to_end);
 criterion_main!(benches);
