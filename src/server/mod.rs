@@ -451,6 +451,9 @@ impl Server {
         for key in keys {
             self.conns.close_after_flush(key, CloseCause::Shutdown);
         }
+        // Lines said this turn are ordinary output, under the usual cap;
+        // only the shutdown notice itself must get through regardless.
+        self.chat.end_turn(&mut self.conns);
         self.conns.ignore_cap = true;
         self.chat.on_shutdown(&mut self.conns);
     }

@@ -255,3 +255,48 @@ fn set_linger_zero(socket: &TcpStream) {
     };
     assert_eq!(rc, 0, "setsockopt(SO_LINGER)");
 }
+
+// ---------------------------------------------------------------------------
+// Added for tests/limits.rs: a server whose counters the test can read, and
+// clients on sockets the test set up itself.
+
+use apollonion::StatsHandle;
+
+impl TestServer {
+    /// As `start_with`, also returning a handle to the server's counters
+    /// (published once per loop turn).
+    pub fn start_with_stats(adjust: impl FnOnce(&mut Config)) -> (TestServer, StatsHandle) {
+        let mut config = Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            rate: 0,
+            max_per_ip: 0,
+            ..Config::default()
+        };
+        adjust(&mut config);
+        config.validate().expect("test config is valid");
+        let mut server = Server::bind(config).expect("bind");
+        let stats = server.stats_handle();
+        let addr = server.local_addr();
+        let handle = server.shutdown_handle();
+        let thread = std::thread::spawn(move || server.run());
+        let server = TestServer {
+            addr,
+            handle,
+            thread: Some(thread),
+        };
+        (server, stats)
+    }
+}
+
+impl Client {
+    /// A client on a socket connected by the test itself, for options that
+    /// must be set before connecting (source address, receive buffer size).
+    pub fn from_stream(stream: TcpStream) -> Client {
+        stream.set_nodelay(true).ok();
+        stream.set_read_timeout(Some(PATIENCE)).unwrap();
+        Client {
+            writer: stream.try_clone().unwrap(),
+            reader: BufReader::new(stream),
+        }
+    }
+}

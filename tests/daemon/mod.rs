@@ -1,0 +1,169 @@
+//! The real `apollonion` binary as a child process, for tests that need what
+//! only a separate process gives: its own open-file limit, its own memory
+//! figures, its own CPU time.
+#![allow(dead_code)] // each test binary uses a different part of it
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+/// How long the daemon may take to log what a test waits for.
+pub const LOG_PATIENCE: Duration = Duration::from_secs(10);
+
+/// A running daemon, killed when dropped so a failing test leaks nothing.
+pub struct Daemon {
+    child: Child,
+    pub addr: SocketAddr,
+    /// Its stderr log, line by line, read on another thread so a full pipe
+    /// can never block the server.
+    log: Receiver<String>,
+}
+
+impl Daemon {
+    /// Starts the binary on 127.0.0.1:0 with `args` added, and waits for it
+    /// to log its address.
+    pub fn start(args: &[&str]) -> Daemon {
+        Self::start_with_open_files(args, None)
+    }
+
+    /// As `start`, with the soft and hard open-file limits both set to
+    /// `open_files` in the child. Both: the server raises its soft limit to
+    /// the hard one when it starts.
+    pub fn start_with_open_files(args: &[&str], open_files: Option<libc::rlim_t>) -> Daemon {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_apollonion"));
+        // A variable in the developer's shell must not change what is tested.
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("APOLLONION_") {
+                command.env_remove(name);
+            }
+        }
+        command
+            .args(["--listen", "127.0.0.1:0", "--log-level", "info"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if let Some(limit) = open_files {
+            let limit = libc::rlimit {
+                rlim_cur: limit,
+                rlim_max: limit,
+            };
+            // SAFETY: runs in the forked child before exec and calls only
+            // setrlimit, which is async-signal-safe, on a struct it owns.
+            unsafe {
+                command.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        }
+        let mut child = command.spawn().expect("spawn apollonion");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (tx, log) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { return };
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut daemon = Daemon {
+            child,
+            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            log,
+        };
+        let line = daemon.wait_for_log(|line| line.contains("listening on "));
+        let at = line.find("listening on ").unwrap() + "listening on ".len();
+        daemon.addr = line[at..]
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("no address in {line:?}"));
+        daemon
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Log lines until one matches `wanted`, which is returned; the lines
+    /// before it are dropped.
+    pub fn wait_for_log(&self, wanted: impl FnMut(&str) -> bool) -> String {
+        self.log_until(wanted).pop().expect("the matching line")
+    }
+
+    /// Log lines up to and including the first one that matches `wanted`.
+    pub fn log_until(&self, mut wanted: impl FnMut(&str) -> bool) -> Vec<String> {
+        let deadline = Instant::now() + LOG_PATIENCE;
+        let mut lines = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.log.recv_timeout(left) {
+                Ok(line) => {
+                    let done = wanted(&line);
+                    lines.push(line);
+                    if done {
+                        return lines;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    panic!("no such log line within {LOG_PATIENCE:?}; got {lines:#?}")
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    panic!("the daemon's log ended; got {lines:#?}")
+                }
+            }
+        }
+    }
+
+    /// Log lines already written, without waiting.
+    pub fn log_so_far(&self) -> Vec<String> {
+        self.log.try_iter().collect()
+    }
+
+    /// True while the process has not exited.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// User plus system CPU time the process has used.
+    pub fn cpu_time(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))
+            .expect("read /proc/PID/stat");
+        // The command name (field 2) may contain spaces; fields are counted
+        // from the ')' that closes it. utime and stime are fields 14 and 15.
+        let after_name = &stat[stat.rfind(')').expect("comm in stat") + 2..];
+        let fields: Vec<&str> = after_name.split_whitespace().collect();
+        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        // SAFETY: sysconf has no preconditions.
+        let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        assert!(per_second > 0, "sysconf(_SC_CLK_TCK)");
+        Duration::from_secs_f64(ticks as f64 / per_second as f64)
+    }
+
+    /// Resident memory in KiB (VmRSS).
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("read /proc/PID/status");
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc/PID/status")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
