@@ -164,10 +164,7 @@ impl LineDecoder {
                 // Fast path: ordinary text needs no per-byte state changes,
                 // so a whole run of it is copied (or skipped) at once.
                 let start = self.pos;
-                let run = self.input[start..]
-                    .iter()
-                    .position(|&b| is_special(b))
-                    .unwrap_or(self.input.len() - start);
+                let run = find_special(&self.input[start..]).unwrap_or(self.input.len() - start);
                 if run > 0 {
                     self.pos += run;
                     if self.discarding {
@@ -413,6 +410,30 @@ fn is_special(b: u8) -> bool {
     b < 0x20 || b == DEL || b == IAC
 }
 
+/// Where the next special byte is, eight bytes at a time: plain text is
+/// what the decoder sees most, and a byte-by-byte scan was its hottest loop.
+fn find_special(bytes: &[u8]) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    // Non-zero exactly when some byte of `word` is zero.
+    let has_zero_byte = |word: u64| word.wrapping_sub(ONES) & !word & HIGH;
+    let (words, rest) = bytes.as_chunks::<8>();
+    for (index, chunk) in words.iter().enumerate() {
+        let word = u64::from_le_bytes(*chunk);
+        let below_space = word.wrapping_sub(ONES * 0x20) & !word & HIGH;
+        let del = has_zero_byte(word ^ (ONES * u64::from(DEL)));
+        let iac = has_zero_byte(!word);
+        if below_space | del | iac != 0 {
+            return chunk
+                .iter()
+                .position(|&b| is_special(b))
+                .map(|at| index * 8 + at);
+        }
+    }
+    let done = words.len() * 8;
+    rest.iter().position(|&b| is_special(b)).map(|at| done + at)
+}
+
 /// Removes the last character a terminal would have displayed: a whole UTF-8
 /// sequence when the line ends in one, otherwise a single (invalid) byte,
 /// which is what would have shown as one U+FFFD.
@@ -442,17 +463,23 @@ fn erase_last_char(line: &mut Vec<u8>) {
 /// cleaning but is still a control character (C1 controls, 8-bit CSI
 /// sequences), and trims.
 fn clean_line(raw: Vec<u8>) -> String {
+    // C0 controls and DEL never reach this point, and every C1 control and
+    // 8-bit CSI is encoded starting with 0xC2: a line without that byte
+    // (all plain ASCII chat, for one) needs no per-character scan.
+    let may_hold_c1 = raw.contains(&0xc2);
     let mut text = match String::from_utf8(raw) {
         Ok(text) => text,
         Err(err) => String::from_utf8_lossy(err.as_bytes()).into_owned(),
     };
-    if text.chars().any(is_unwanted_control) {
+    if may_hold_c1 && text.chars().any(is_unwanted_control) {
         text = strip_controls(&text);
     }
     let end = text.trim_end().len();
     text.truncate(end);
     let start = text.len() - text.trim_start().len();
-    text.drain(..start);
+    if start > 0 {
+        text.drain(..start);
+    }
     text
 }
 
@@ -1088,6 +1115,26 @@ mod tests {
         let rest: Vec<Decoded> = decoder.by_ref().collect();
         assert_eq!(rest, lines(&["b", "c", "d"]));
         assert!(!decoder.has_unread_input());
+    }
+
+    #[test]
+    fn find_special_agrees_with_a_byte_by_byte_scan() {
+        for special in [0u8, 0x08, 0x0d, 0x1b, 0x1f, DEL, IAC] {
+            for len in 0..40 {
+                for at in 0..=len {
+                    let mut bytes = vec![b'a'; len];
+                    // Bytes just beside the special ones must not count.
+                    for (i, byte) in bytes.iter_mut().enumerate() {
+                        *byte = [b' ', 0x7e, 0x80, 0xfe, b'z'][i % 5];
+                    }
+                    if at < len {
+                        bytes[at] = special;
+                    }
+                    let expected = bytes.iter().position(|&b| is_special(b));
+                    assert_eq!(find_special(&bytes), expected, "{bytes:?}");
+                }
+            }
+        }
     }
 
     #[test]

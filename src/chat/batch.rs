@@ -44,6 +44,16 @@ impl RoomBatch {
         self.segments.is_empty()
     }
 
+    /// Appends one line made of `parts`, copied straight into the shared
+    /// buffer, with CRLF after it. The hot path: every chat line comes
+    /// through here, so it avoids the formatting machinery.
+    pub fn push_parts(&mut self, parts: &[&str], origin: ClientId, receipt: Option<ReceiptTag>) {
+        for part in parts {
+            self.buf.extend_from_slice(part.as_bytes());
+        }
+        self.end_line(origin, receipt);
+    }
+
     /// Appends one line, formatted straight into the shared buffer, with
     /// `prefix` before and CRLF after it.
     pub fn push(
@@ -56,6 +66,10 @@ impl RoomBatch {
         self.buf.extend_from_slice(prefix.as_bytes());
         // Writing into a BytesMut cannot fail.
         let _ = self.buf.write_fmt(text);
+        self.end_line(origin, receipt);
+    }
+
+    fn end_line(&mut self, origin: ClientId, receipt: Option<ReceiptTag>) {
         self.buf.extend_from_slice(b"\r\n");
         self.segments.push(Segment {
             end: self.buf.len(),

@@ -510,14 +510,10 @@ impl Chat {
             if room.batch.is_empty() {
                 self.batched_rooms.push(chatter.room);
             }
-            let nick = &chatter.nick;
+            let nick = chatter.nick.as_str();
             match speech {
-                Speech::Line => room
-                    .batch
-                    .push("", format_args!("{nick}: {text}"), id, receipt),
-                Speech::Action => room
-                    .batch
-                    .push("* ", format_args!("{nick} {text}"), id, receipt),
+                Speech::Line => room.batch.push_parts(&[nick, ": ", text], id, receipt),
+                Speech::Action => room.batch.push_parts(&["* ", nick, " ", text], id, receipt),
             }
         }
         if let Some(seq) = unheard {
