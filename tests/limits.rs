@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use apollonion::chat::ChatStats;
 use apollonion::{ServerStats, StatsHandle};
-use common::{Client, TestServer, PATIENCE};
+use common::{set_linger_zero, Client, TestServer, PATIENCE};
 use daemon::Daemon;
 
 /// Tests in this file run on parallel threads of one process. Those that
@@ -137,26 +137,6 @@ fn connect_socket(server: SocketAddr, from: Option<Ipv4Addr>, rcvbuf: Option<usi
     let rc = unsafe { libc::connect(fd, (&remote as *const libc::sockaddr_in).cast(), len) };
     assert_eq!(rc, 0, "connect: {}", std::io::Error::last_os_error());
     stream
-}
-
-/// Makes `close` send a reset rather than a FIN, so thousands of closed test
-/// sockets leave no TIME_WAIT entries behind to eat the port range.
-fn set_linger_zero(socket: &TcpStream) {
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: a valid descriptor and a correctly sized, live option value.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&linger as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0, "setsockopt(SO_LINGER)");
 }
 
 /// The nickname in a `* welcome NICK …` line.

@@ -1,145 +1,27 @@
 //! The real binary under a real SIGTERM, and its exit codes.
 
 mod common;
+mod daemon;
 
-use std::io::{BufRead, BufReader, ErrorKind};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc::{self, Receiver};
+use std::io::ErrorKind;
+use std::net::{TcpListener, TcpStream};
+use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Client, PATIENCE};
+use common::PATIENCE;
+use daemon::Daemon;
 
-/// The binary with a clean environment: an `APOLLONION_*` variable in the
-/// developer's shell must not change what is tested.
-fn apollonion(args: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_apollonion"));
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("APOLLONION_") {
-            command.env_remove(name);
-        }
-    }
-    command.args(args);
-    command
-}
-
-/// A running daemon, killed if the test fails before it exits on its own.
-struct Daemon {
-    child: Child,
-    addr: SocketAddr,
-    /// Its log, line by line; read on another thread so a full pipe can
-    /// never block the server.
-    log: Receiver<String>,
-}
-
-impl Daemon {
-    fn start(extra: &[&str]) -> Daemon {
-        // No rate limit: at the default 10 lines/s a bulk sender would take
-        // minutes.
-        let mut args = vec![
-            "--listen",
-            "127.0.0.1:0",
-            "--log-level",
-            "info",
-            "--rate",
-            "0",
-        ];
-        args.extend_from_slice(extra);
-        let mut child = apollonion(&args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn apollonion");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, log) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { return };
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        // Built before the address is known, so a missing log line still
-        // kills the child on the way out.
-        let mut daemon = Daemon {
-            child,
-            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
-            log,
-        };
-        daemon.addr = daemon.wait_for_log("listening on ", |rest| {
-            rest.trim()
-                .parse()
-                .unwrap_or_else(|_| panic!("no address in {rest:?}"))
-        });
-        daemon
-    }
-
-    /// Waits for a log line containing `marker` and parses what follows it.
-    fn wait_for_log<T>(&self, marker: &str, parse: impl FnOnce(&str) -> T) -> T {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.log.recv_timeout(left) {
-                Ok(line) => {
-                    if let Some(at) = line.find(marker) {
-                        return parse(&line[at + marker.len()..]);
-                    }
-                }
-                Err(err) => panic!("no log line with {marker:?}: {err}"),
-            }
-        }
-    }
-
-    fn signal(&self, signal: libc::c_int) {
-        let pid = libc::pid_t::try_from(self.child.id()).unwrap();
-        // SAFETY: kill has no memory-safety preconditions; the pid is our
-        // own child, which has not been reaped (we still hold it).
-        let rc = unsafe { libc::kill(pid, signal) };
-        assert_eq!(rc, 0, "kill: {}", std::io::Error::last_os_error());
-    }
-
-    /// The exit status, if the process exits within `limit`.
-    fn exit_within(&mut self, limit: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            // Polling a child process has no event to wait on; this only
-            // paces the loop, the deadline decides.
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    fn join(&self) -> (Client, String) {
-        let mut client = Client::connect(self.addr);
-        let welcome = client.expect_prefix("* welcome ");
-        let nick = welcome["* welcome ".len()..]
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .to_string();
-        (client, nick)
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
+/// The daemon without a rate limit: at the default 10 lines/s a bulk
+/// sender would take minutes.
+fn start(extra: &[&str]) -> Daemon {
+    let mut args = vec!["--rate", "0"];
+    args.extend_from_slice(extra);
+    Daemon::start(&args)
 }
 
 /// Runs the binary to completion, returning its status, stdout and stderr.
 fn run_to_end(args: &[&str]) -> (ExitStatus, String, String) {
-    let output = apollonion(args)
+    let output = daemon::command(args)
         .stdin(Stdio::null())
         .output()
         .expect("run apollonion");
@@ -161,7 +43,7 @@ fn sigterm_delivers_accepted_lines_then_says_goodbye_and_exits_zero() {
     // is still queued in the server when the signal arrives, and a cap big
     // enough that none of it is skipped.
     const LINES: usize = 8000;
-    let mut daemon = Daemon::start(&["--max-outbuf", "33554432", "--shutdown-grace", "30"]);
+    let mut daemon = start(&["--max-outbuf", "33554432", "--shutdown-grace", "30"]);
     let (mut reader, _) = daemon.join();
     let (mut sender, sender_nick) = daemon.join();
 
@@ -196,7 +78,7 @@ fn sigterm_delivers_accepted_lines_then_says_goodbye_and_exits_zero() {
 #[test]
 fn a_second_signal_exits_at_once_while_output_is_still_pending() {
     let grace = Duration::from_secs(30);
-    let mut daemon = Daemon::start(&["--shutdown-grace", "30"]);
+    let mut daemon = start(&["--shutdown-grace", "30"]);
     // Never reads. 16 MB for it is far more than the socket buffers and the
     // 1 MB output cap hold, so the server has output it cannot deliver.
     let (_stuck, _) = daemon.join();
@@ -213,7 +95,7 @@ fn a_second_signal_exits_at_once_while_output_is_still_pending() {
     sender.expect_line("* server shutting down");
     assert_eq!(sender.expect_closed(), Vec::<String>::new());
     assert!(
-        daemon.child.try_wait().unwrap().is_none(),
+        daemon.is_running(),
         "the server waits for the stuck client's output"
     );
 

@@ -7,7 +7,7 @@ use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use apollonion::{Config, Server, ShutdownHandle, Stopped};
+use apollonion::{Config, Server, ShutdownHandle, StatsHandle, Stopped};
 
 /// How long any single expectation may wait before the test fails.
 pub const PATIENCE: Duration = Duration::from_secs(10);
@@ -26,6 +26,12 @@ impl TestServer {
     /// Starts a server with defaults suited to tests (no rate limit) and
     /// whatever `adjust` changes.
     pub fn start_with(adjust: impl FnOnce(&mut Config)) -> TestServer {
+        Self::start_with_stats(adjust).0
+    }
+
+    /// As `start_with`, also returning a handle to the server's counters
+    /// (published once per loop turn).
+    pub fn start_with_stats(adjust: impl FnOnce(&mut Config)) -> (TestServer, StatsHandle) {
         let mut config = Config {
             listen: "127.0.0.1:0".parse().unwrap(),
             rate: 0,
@@ -34,28 +40,23 @@ impl TestServer {
         };
         adjust(&mut config);
         config.validate().expect("test config is valid");
-        let server = Server::bind(config).expect("bind");
+        let mut server = Server::bind(config).expect("bind");
+        let stats = server.stats_handle();
         let addr = server.local_addr();
         let handle = server.shutdown_handle();
         let thread = std::thread::spawn(move || server.run());
-        TestServer {
+        let server = TestServer {
             addr,
             handle,
             thread: Some(thread),
-        }
+        };
+        (server, stats)
     }
 
     /// Connects and reads the welcome line, returning the client and its
     /// guest nickname.
     pub fn join(&self) -> (Client, String) {
-        let mut client = self.connect();
-        let welcome = client.expect_prefix("* welcome ");
-        let nick = welcome["* welcome ".len()..]
-            .split_whitespace()
-            .next()
-            .expect("nick in welcome")
-            .to_string();
-        (client, nick)
+        Client::join(self.addr)
     }
 
     /// Joins and renames to `nick`.
@@ -95,6 +96,19 @@ pub struct Client {
 }
 
 impl Client {
+    /// Connects and reads the welcome line, returning the client and its
+    /// guest nickname.
+    pub fn join(addr: SocketAddr) -> (Client, String) {
+        let mut client = Client::connect(addr);
+        let welcome = client.expect_prefix("* welcome ");
+        let nick = welcome["* welcome ".len()..]
+            .split_whitespace()
+            .next()
+            .expect("nick in welcome")
+            .to_string();
+        (client, nick)
+    }
+
     pub fn connect(addr: SocketAddr) -> Client {
         let stream = TcpStream::connect(addr).expect("connect");
         stream.set_nodelay(true).ok();
@@ -237,7 +251,10 @@ impl Client {
     }
 }
 
-fn set_linger_zero(socket: &TcpStream) {
+/// Makes `close` send a reset rather than a FIN: an abrupt disconnect for
+/// the tests that want one, and no TIME_WAIT entries left behind by tests
+/// that open thousands of sockets.
+pub fn set_linger_zero(socket: &TcpStream) {
     use std::os::fd::AsRawFd;
     let linger = libc::linger {
         l_onoff: 1,
@@ -254,38 +271,6 @@ fn set_linger_zero(socket: &TcpStream) {
         )
     };
     assert_eq!(rc, 0, "setsockopt(SO_LINGER)");
-}
-
-// ---------------------------------------------------------------------------
-// Added for tests/limits.rs: a server whose counters the test can read, and
-// clients on sockets the test set up itself.
-
-use apollonion::StatsHandle;
-
-impl TestServer {
-    /// As `start_with`, also returning a handle to the server's counters
-    /// (published once per loop turn).
-    pub fn start_with_stats(adjust: impl FnOnce(&mut Config)) -> (TestServer, StatsHandle) {
-        let mut config = Config {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            rate: 0,
-            max_per_ip: 0,
-            ..Config::default()
-        };
-        adjust(&mut config);
-        config.validate().expect("test config is valid");
-        let mut server = Server::bind(config).expect("bind");
-        let stats = server.stats_handle();
-        let addr = server.local_addr();
-        let handle = server.shutdown_handle();
-        let thread = std::thread::spawn(move || server.run());
-        let server = TestServer {
-            addr,
-            handle,
-            thread: Some(thread),
-        };
-        (server, stats)
-    }
 }
 
 impl Client {

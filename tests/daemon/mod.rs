@@ -6,12 +6,27 @@
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
+use crate::common::Client;
+
 /// How long the daemon may take to log what a test waits for.
 pub const LOG_PATIENCE: Duration = Duration::from_secs(10);
+
+/// The binary with a clean environment: an `APOLLONION_*` variable in the
+/// developer's shell must not change what is tested.
+pub fn command(args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_apollonion"));
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("APOLLONION_") {
+            command.env_remove(name);
+        }
+    }
+    command.args(args);
+    command
+}
 
 /// A running daemon, killed when dropped so a failing test leaks nothing.
 pub struct Daemon {
@@ -33,15 +48,8 @@ impl Daemon {
     /// `open_files` in the child. Both: the server raises its soft limit to
     /// the hard one when it starts.
     pub fn start_with_open_files(args: &[&str], open_files: Option<libc::rlim_t>) -> Daemon {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_apollonion"));
-        // A variable in the developer's shell must not change what is tested.
-        for (name, _) in std::env::vars_os() {
-            if name.to_string_lossy().starts_with("APOLLONION_") {
-                command.env_remove(name);
-            }
-        }
+        let mut command = command(&["--listen", "127.0.0.1:0", "--log-level", "info"]);
         command
-            .args(["--listen", "127.0.0.1:0", "--log-level", "info"])
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -125,6 +133,36 @@ impl Daemon {
     /// Log lines already written, without waiting.
     pub fn log_so_far(&self) -> Vec<String> {
         self.log.try_iter().collect()
+    }
+
+    /// Connects and reads the welcome line, returning the client and its
+    /// guest nickname.
+    pub fn join(&self) -> (Client, String) {
+        Client::join(self.addr)
+    }
+
+    pub fn signal(&self, signal: libc::c_int) {
+        let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits pid_t");
+        // SAFETY: kill has no memory-safety preconditions; the pid is our
+        // own child, which has not been reaped (we still hold it).
+        let rc = unsafe { libc::kill(pid, signal) };
+        assert_eq!(rc, 0, "kill: {}", std::io::Error::last_os_error());
+    }
+
+    /// The exit status, if the process exits within `limit`.
+    pub fn exit_within(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            // Polling a child process has no event to wait on; this only
+            // paces the loop, the deadline decides.
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// True while the process has not exited.
