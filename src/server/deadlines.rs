@@ -45,6 +45,12 @@ impl Server {
             self.timers.schedule(deadline, timer);
             return;
         }
+        warn!(
+            "client {} from {}: sent nothing for {} s, disconnecting",
+            timer.key,
+            conn.peer,
+            idle_timeout.as_secs()
+        );
         self.conns.close_after_flush(timer.key, CloseCause::Idle);
         self.chat
             .on_disconnect(&mut self.conns, ClientId(timer.key), LeaveReason::Idle);
