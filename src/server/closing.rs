@@ -3,6 +3,19 @@
 use super::*;
 
 impl Server {
+    /// Ends a connection for `cause` and lets the chat tell the room why.
+    /// `Dead` closes it at the end of this turn, whatever is queued;
+    /// `Closing` once its output has drained.
+    pub(super) fn end_connection(&mut self, key: usize, phase: Phase, cause: CloseCause) {
+        if phase == Phase::Dead {
+            self.conns.kill(key, cause);
+        } else {
+            self.conns.close_after_flush(key, cause);
+        }
+        self.chat
+            .on_disconnect(&mut self.conns, ClientId(key), cause.leave_reason());
+    }
+
     pub(super) fn close_connections(&mut self) {
         for key in std::mem::take(&mut self.conns.close_list) {
             let Some(conn) = self.conns.slab.get(key) else {
@@ -22,13 +35,14 @@ impl Server {
             if conn.phase == Phase::Closing {
                 close_gracefully(&mut conn.stream, &mut self.scratch);
             }
-            let id = ClientId(key);
+            let cause = conn.cause.unwrap_or(CloseCause::ClosedByChat);
+            // Usually the chat let the client go when the close began; this
+            // catches any path that did not, so no client outlives its socket.
             self.chat
-                .on_disconnect(&mut self.conns, id, LeaveReason::Hangup);
+                .on_disconnect(&mut self.conns, ClientId(key), cause.leave_reason());
             for tag in conn.out.discard() {
                 self.chat.on_dropped(&mut self.conns, tag);
             }
-            let cause = conn.cause.unwrap_or(CloseCause::ClosedByChat);
             info!(
                 "client {key} from {} disconnected: {}",
                 conn.peer,

@@ -7,6 +7,7 @@ use mio::net::TcpStream;
 
 use super::out_queue::OutQueue;
 use super::rate::Bucket;
+use crate::chat::LeaveReason;
 use crate::line::LineDecoder;
 
 /// Where a connection is in its life.
@@ -35,6 +36,15 @@ pub enum CloseCause {
 }
 
 impl CloseCause {
+    /// What the chat tells the room about a client that went this way.
+    pub fn leave_reason(self) -> LeaveReason {
+        match self {
+            CloseCause::TooSlow => LeaveReason::TooSlow,
+            CloseCause::Idle => LeaveReason::Idle,
+            _ => LeaveReason::Hangup,
+        }
+    }
+
     pub fn describe(self) -> &'static str {
         match self {
             CloseCause::Quit => "quit",

@@ -51,9 +51,7 @@ impl Server {
             conn.peer,
             idle_timeout.as_secs()
         );
-        self.conns.close_after_flush(timer.key, CloseCause::Idle);
-        self.chat
-            .on_disconnect(&mut self.conns, ClientId(timer.key), LeaveReason::Idle);
+        self.end_connection(timer.key, Phase::Closing, CloseCause::Idle);
     }
 
     pub(super) fn check_write_stall(&mut self, timer: Timer, now: Instant) {
@@ -77,8 +75,6 @@ impl Server {
             conn.peer,
             write_timeout.as_secs()
         );
-        self.conns.kill(timer.key, CloseCause::TooSlow);
-        self.chat
-            .on_disconnect(&mut self.conns, ClientId(timer.key), LeaveReason::TooSlow);
+        self.end_connection(timer.key, Phase::Dead, CloseCause::TooSlow);
     }
 }

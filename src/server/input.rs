@@ -49,9 +49,7 @@ impl Server {
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
                 Err(err) => {
                     debug!("client {key}: read failed: {err}");
-                    self.conns.kill(key, CloseCause::Reset);
-                    self.chat
-                        .on_disconnect(&mut self.conns, ClientId(key), LeaveReason::Hangup);
+                    self.end_connection(key, Phase::Dead, CloseCause::Reset);
                     return;
                 }
             }
@@ -121,8 +119,6 @@ impl Server {
     /// The peer closed its side. Output still queued is flushed, as a
     /// client that half-closes (`nc` after end of input) still reads.
     pub(super) fn hang_up(&mut self, key: usize) {
-        self.conns.close_after_flush(key, CloseCause::HungUp);
-        self.chat
-            .on_disconnect(&mut self.conns, ClientId(key), LeaveReason::Hangup);
+        self.end_connection(key, Phase::Closing, CloseCause::HungUp);
     }
 }

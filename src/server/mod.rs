@@ -34,7 +34,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 
-use crate::chat::{Admission, Chat, ChatConfig, ChatStats, ClientId, LeaveReason, ReceiptTag};
+use crate::chat::{Admission, Chat, ChatConfig, ChatStats, ClientId, ReceiptTag};
 use crate::line::Decoded;
 use crate::Config;
 use connection::{CloseCause, Connection, Phase};

@@ -42,9 +42,7 @@ impl Server {
             Ok(Flushed::Blocked) => true,
             Err(err) => {
                 debug!("client {key}: write failed: {err}");
-                self.conns.kill(key, CloseCause::Reset);
-                self.chat
-                    .on_disconnect(&mut self.conns, ClientId(key), LeaveReason::Hangup);
+                self.end_connection(key, Phase::Dead, CloseCause::Reset);
                 return;
             }
         };
@@ -61,9 +59,7 @@ impl Server {
                 .reregister(&mut conn.stream, token, interest)
             {
                 warn!("client {key}: cannot change poll interest: {err}");
-                self.conns.kill(key, CloseCause::Reset);
-                self.chat
-                    .on_disconnect(&mut self.conns, ClientId(key), LeaveReason::Hangup);
+                self.end_connection(key, Phase::Dead, CloseCause::Reset);
                 return;
             }
             conn.wants_writable = wants_writable;
