@@ -319,11 +319,11 @@ pub fn help_text() -> String {
         };
         let default = defaults.display_value(spec.name);
         text.push_str(&format!(
-            "  --{:<16} {}\n  {:<18} {} (default {})\n",
-            spec.name, placeholder, "", spec.help, default
+            "  --{} {placeholder}\n        {} (default {default})\n",
+            spec.name, spec.help
         ));
     }
-    text.push_str("  --help             print this text\n");
+    text.push_str("  --help\n        print this text\n");
     text
 }
 
