@@ -4,8 +4,9 @@
 mod common;
 
 use std::collections::BTreeSet;
+use std::time::Duration;
 
-use common::{Client, TestServer};
+use common::{connect_socket, Client, TestServer};
 
 /// Joins one client per name, in order, and leaves every one of them with
 /// nothing pending, so each test starts from a quiet room.
@@ -276,19 +277,27 @@ fn receipts_count_deliveries_and_number_them() {
 
 #[test]
 fn receipts_do_not_count_a_recipient_that_is_not_keeping_up() {
-    let server = TestServer::start();
-    let [mut alice, stuck] = chatters(&server, ["alice", "stuck"]);
-    // 8 MB for a client that never reads: more than the socket buffers
-    // (about 4 MB on loopback) and the 1 MB output cap hold, so later lines
-    // for it are skipped.
-    let flood: String = (0..8000)
-        .map(|n| format!("{n:04} {}\r\n", "x".repeat(1000)))
+    // The stuck client's copy is either skipped (its queue is full) or
+    // queued behind megabytes it never reads, until the write timeout
+    // disconnects it; both count as not delivered. The cap is large so that
+    // even a send buffer the kernel grows later can never drain the queue
+    // down to that copy.
+    let server = TestServer::start_with(|config| {
+        config.max_outbuf = 8 << 20;
+        config.write_timeout = Duration::from_secs(3);
+    });
+    let [mut alice] = chatters(&server, ["alice"]);
+    // A client that never reads, with a small receive buffer so that the
+    // kernel cannot soak up the flood below however it tunes itself.
+    let mut stuck = Client::from_stream(connect_socket(server.addr, None, Some(4096)));
+    stuck.expect_prefix("* welcome ");
+    alice.drain();
+    // 16 MB: more than the server's send buffer (at most 4 MB here) and the
+    // 8 MB output cap hold.
+    let flood: String = (0..16_000)
+        .map(|n| format!("{n:05} {}\r\n", "x".repeat(1000)))
         .collect();
     alice.send_raw(flood.as_bytes());
-    // The big lines leave the full queue up to a line's length short of
-    // its cap; short lines fill that gap, so that nothing as long as the
-    // line below fits any more.
-    alice.send_raw("x\r\n".repeat(300).as_bytes());
     alice.drain();
 
     let [mut bob] = chatters(&server, ["bob"]);
@@ -297,7 +306,14 @@ fn receipts_do_not_count_a_recipient_that_is_not_keeping_up() {
     alice.expect_prefix("* ");
     alice.send("are you there?");
     bob.expect_line("alice: are you there?");
-    alice.expect_line("* #1 delivered to 1 of 2");
+    // If the stuck client was disconnected for it, its room heard first.
+    let before = alice.read_until("* #1 delivered to 1 of 2");
+    assert!(
+        before
+            .iter()
+            .all(|line| line.ends_with("left #lobby (too slow)")),
+        "{before:?}"
+    );
     drop(stuck);
 }
 

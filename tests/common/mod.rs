@@ -3,7 +3,8 @@
 #![allow(dead_code)] // each test binary uses a different part of it
 
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpStream};
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -255,7 +256,6 @@ impl Client {
 /// the tests that want one, and no TIME_WAIT entries left behind by tests
 /// that open thousands of sockets.
 pub fn set_linger_zero(socket: &TcpStream) {
-    use std::os::fd::AsRawFd;
     let linger = libc::linger {
         l_onoff: 1,
         l_linger: 0,
@@ -284,4 +284,74 @@ impl Client {
             reader: BufReader::new(stream),
         }
     }
+}
+
+fn sockaddr_in(addr: SocketAddrV4) -> libc::sockaddr_in {
+    libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: addr.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(*addr.ip()).to_be(),
+        },
+        sin_zero: [0; 8],
+    }
+}
+
+pub fn set_int_option(
+    socket: &TcpStream,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) {
+    // SAFETY: a valid descriptor and a correctly sized, live option value.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "setsockopt: {}", std::io::Error::last_os_error());
+}
+
+/// A TCP connection to `server` made by hand, for what std cannot do before
+/// connecting: choosing the source address, and shrinking the receive
+/// buffer (set later, the window already advertised would still let the
+/// kernel soak up far more than the test means to).
+pub fn connect_socket(
+    server: SocketAddr,
+    from: Option<Ipv4Addr>,
+    rcvbuf: Option<usize>,
+) -> TcpStream {
+    let SocketAddr::V4(server) = server else {
+        panic!("test servers listen on IPv4 loopback")
+    };
+    // SAFETY: plain socket creation; the descriptor is owned by the
+    // TcpStream at once, so it is closed on every path.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+    // SAFETY: `fd` is a fresh socket that nothing else owns.
+    let stream = unsafe { TcpStream::from_raw_fd(fd) };
+    if let Some(size) = rcvbuf {
+        set_int_option(
+            &stream,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            size as libc::c_int,
+        );
+    }
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    if let Some(ip) = from {
+        let local = sockaddr_in(SocketAddrV4::new(ip, 0));
+        // SAFETY: a valid descriptor and a live, correctly sized address.
+        let rc = unsafe { libc::bind(fd, (&local as *const libc::sockaddr_in).cast(), len) };
+        assert_eq!(rc, 0, "bind {ip}: {}", std::io::Error::last_os_error());
+    }
+    let remote = sockaddr_in(server);
+    // SAFETY: as for bind.
+    let rc = unsafe { libc::connect(fd, (&remote as *const libc::sockaddr_in).cast(), len) };
+    assert_eq!(rc, 0, "connect: {}", std::io::Error::last_os_error());
+    stream
 }
