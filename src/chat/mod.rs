@@ -50,18 +50,28 @@ pub trait Outbox {
     /// skips what does not fit, line by line. This default does exactly that
     /// through `send`.
     fn send_lines(&mut self, to: ClientId, lines: Bytes) {
-        let mut rest = lines;
-        while !rest.is_empty() {
-            let end = rest
-                .iter()
-                .position(|&byte| byte == b'\n')
-                .map_or(rest.len(), |at| at + 1);
-            self.send(to, rest.split_to(end), None);
+        for line in split_lines(lines) {
+            self.send(to, line, None);
         }
     }
     /// Closes `to` once what is already queued for it has been written.
     /// The chat has already forgotten the client.
     fn close(&mut self, to: ClientId);
+}
+
+/// The lines of a chunk given to [`Outbox::send_lines`], each with its line
+/// ending, as slices of the chunk.
+pub fn split_lines(mut chunk: Bytes) -> impl Iterator<Item = Bytes> {
+    std::iter::from_fn(move || {
+        if chunk.is_empty() {
+            return None;
+        }
+        let end = chunk
+            .iter()
+            .position(|&byte| byte == b'\n')
+            .map_or(chunk.len(), |at| at + 1);
+        Some(chunk.split_to(end))
+    })
 }
 
 /// Why a client went away without `/quit`; decides the leave notice.

@@ -6,7 +6,7 @@ use bytes::Bytes;
 use slab::Slab;
 
 use super::connection::{CloseCause, Connection, Phase};
-use crate::chat::{ClientId, Outbox, ReceiptTag, Sent};
+use crate::chat::{split_lines, ClientId, Outbox, ReceiptTag, Sent};
 
 /// All connections, keyed by slab index (which is also the `ClientId` and,
 /// plus an offset, the poll token), and the work queued on them this turn.
@@ -115,9 +115,9 @@ impl Outbox for Connections {
         self.enqueue(to.0, line, receipt, self.ignore_cap)
     }
 
-    fn send_lines(&mut self, to: ClientId, mut lines: Bytes) {
+    fn send_lines(&mut self, to: ClientId, lines: Bytes) {
         let fits = self.slab.get(to.0).is_some_and(|conn| {
-            self.ignore_cap || conn.out.pending() + lines.len() <= self.max_outbuf
+            self.ignore_cap || conn.out.has_room_for(lines.len(), self.max_outbuf)
         });
         if fits {
             self.enqueue(to.0, lines, None, self.ignore_cap);
@@ -125,12 +125,8 @@ impl Outbox for Connections {
         }
         // Too much for what is left under the cap: as many whole lines as
         // fit, each line that does not is counted as skipped.
-        while !lines.is_empty() {
-            let end = lines
-                .iter()
-                .position(|&byte| byte == b'\n')
-                .map_or(lines.len(), |at| at + 1);
-            self.enqueue(to.0, lines.split_to(end), None, self.ignore_cap);
+        for line in split_lines(lines) {
+            self.enqueue(to.0, line, None, self.ignore_cap);
         }
     }
 

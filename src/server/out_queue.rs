@@ -53,13 +53,18 @@ impl OutQueue {
         cap: usize,
         force: bool,
     ) -> bool {
-        if !force && self.pending + data.len() > cap {
+        if !force && !self.has_room_for(data.len(), cap) {
             self.skipped += 1;
             return false;
         }
         self.pending += data.len();
         self.entries.push_back(Entry { data, receipt });
         true
+    }
+
+    /// Whether `len` more bytes stay within `cap`.
+    pub fn has_room_for(&self, len: usize, cap: usize) -> bool {
+        self.pending + len <= cap
     }
 
     /// Bytes queued and not yet written.
