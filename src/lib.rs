@@ -8,7 +8,9 @@
 pub mod chat;
 pub mod config;
 pub mod line;
+pub mod metrics;
 pub mod server;
+pub mod systemd;
 
 pub use config::Config;
 pub use server::{Server, ServerStats, ShutdownHandle, StartError, StatsHandle, Stopped};
