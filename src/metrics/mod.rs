@@ -7,17 +7,20 @@
 //! connection keep a [`MetricsConn`], feed it what is read, and when it
 //! hands back a [`Reply`], write `reply.encode(&render(&snapshot))`
 //! (render only if [`Reply::wants_metrics`]) and close; close it
-//! unanswered at [`MetricsConn::deadline`].
+//! unanswered at [`MetricsConn::deadline`]. [`StatsLine`] turns the same
+//! counters into the periodic `info` summary.
 
 mod histogram;
 mod http;
 mod render;
 mod series;
+mod stats_line;
 
 pub use histogram::Histogram;
 pub use http::{MetricsConn, Reply, MAX_REQUEST_BYTES, METRICS_PATH, REQUEST_TIMEOUT};
 pub use render::{render, CONTENT_TYPE};
 pub use series::{Counters, DisconnectCause, Gauges, Label, RefuseReason, Snapshot, Tally};
+pub use stats_line::StatsLine;
 
 /// Metrics connections open at once; one more is closed on accept. Each
 /// costs a descriptor and up to [`MAX_REQUEST_BYTES`] of buffer, and a
