@@ -17,7 +17,7 @@ use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, TcpListener, TcpStream};
 use std::time::Duration;
 
-use apollonion::chat::{Chat, ChatConfig, ClientId, Outbox, ReceiptTag, Sent};
+use apollonion::chat::{Chat, ChatConfig, ClientId, Close, Outbox, ReceiptTag, Sent};
 use apollonion::server::out_queue::OutQueue;
 use apollonion::{Config, Server};
 use bytes::Bytes;
@@ -35,7 +35,7 @@ impl Outbox for Queues {
         let queued = self
             .queues
             .get_mut(to.0)
-            .is_some_and(|queue| queue.push(line, receipt, CAP, false));
+            .is_some_and(|queue| queue.push(line, receipt, false));
         if queued {
             Sent::Queued
         } else {
@@ -47,7 +47,7 @@ impl Outbox for Queues {
         self.send(to, lines, None);
     }
 
-    fn close(&mut self, _to: ClientId) {}
+    fn close(&mut self, _to: ClientId, _why: Close) {}
 }
 
 impl Queues {
@@ -67,7 +67,7 @@ fn room_of(members: usize) -> (Chat, Queues) {
         announce_limit: 100,
     });
     let mut out = Queues {
-        queues: (0..members).map(|_| OutQueue::default()).collect(),
+        queues: (0..members).map(|_| OutQueue::new(CAP)).collect(),
     };
     let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
     for id in 0..members {
@@ -128,11 +128,11 @@ fn flush(c: &mut Criterion) {
         let total = lines * line.len();
         group.throughput(Throughput::Elements(lines as u64));
         group.bench_with_input(BenchmarkId::new("vectored", lines), &lines, |b, &lines| {
-            let mut queue = OutQueue::default();
+            let mut queue = OutQueue::new(CAP);
             let mut written = Vec::new();
             b.iter(|| {
                 for _ in 0..lines {
-                    queue.push(line.clone(), None, CAP, false);
+                    queue.push(line.clone(), None, false);
                 }
                 queue.write_to(&mut writer, &mut written).expect("write");
                 drain(&mut reader, total, &mut buf);

@@ -4,7 +4,7 @@
 //! environment; a flag on the command line wins over the environment.
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
 /// Everything the daemon can be told at start-up. `Default` gives the
@@ -54,6 +54,8 @@ impl Default for Config {
 pub enum ConfigError {
     /// `--help` was asked for: not an error for the user, but parsing stops.
     HelpRequested,
+    /// `--version` was asked for, likewise.
+    VersionRequested,
     UnknownFlag(String),
     MissingValue(String),
     /// Flag (or variable) name, the offending value, and what was expected.
@@ -70,6 +72,7 @@ impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ConfigError::HelpRequested => write!(f, "help requested"),
+            ConfigError::VersionRequested => write!(f, "version requested"),
             ConfigError::UnknownFlag(flag) => {
                 write!(f, "unknown flag {flag} (try --help)")
             }
@@ -86,89 +89,183 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-/// What a flag's value is, which drives both parsing and the help text.
-#[derive(Clone, Copy)]
-enum Kind {
-    Addr,
-    Count,
-    Bytes,
-    Seconds,
-    LogLevel,
+/// The longest duration any flag takes: ten years. Longer would be a typo,
+/// and deadlines must stay within what `Instant` can represent.
+pub const MAX_SECONDS: u64 = 10 * 365 * 24 * 3600;
+
+/// One command-line flag, the one place it is described: everything else
+/// (environment variables, `--help`, defaults shown) is derived from this
+/// table. The environment variable is `APOLLONION_` and the name in upper
+/// case with `_` for `-`; the default shown is `show` of `Config::default()`.
+pub struct Flag {
+    pub name: &'static str,
+    /// What the value looks like, in `--help`.
+    pub placeholder: &'static str,
+    pub help: &'static str,
+    /// Stores a parsed value, or says what was expected.
+    set: fn(&mut Config, &str) -> Result<(), &'static str>,
+    show: fn(&Config) -> String,
 }
 
-struct FlagSpec {
-    name: &'static str,
-    kind: Kind,
-    help: &'static str,
+impl Flag {
+    pub fn env_name(&self) -> String {
+        format!(
+            "APOLLONION_{}",
+            self.name.to_ascii_uppercase().replace('-', "_")
+        )
+    }
 }
 
-const FLAGS: &[FlagSpec] = &[
-    FlagSpec {
+/// Every flag. To add one: a field in `Config` and its default, and a row
+/// here.
+pub const FLAGS: &[Flag] = &[
+    Flag {
         name: "listen",
-        kind: Kind::Addr,
-        help: "address to bind, IPv4 or IPv6 (port 0 picks a free port)",
+        placeholder: "ADDR",
+        help: "address to bind: IPv4, [IPv6] or a host name with :PORT; :PORT alone means every address (0.0.0.0); port 0 picks a free port",
+        set: |c, v| parse_listen(v).map(|value| c.listen = value),
+        show: |c| c.listen.to_string(),
     },
-    FlagSpec {
+    Flag {
         name: "max-clients",
-        kind: Kind::Count,
+        placeholder: "N",
         help: "clients in the chat at once",
+        set: |c, v| parse_number(v).map(|value| c.max_clients = value),
+        show: |c| c.max_clients.to_string(),
     },
-    FlagSpec {
+    Flag {
         name: "max-waiting",
-        kind: Kind::Count,
+        placeholder: "N",
         help: "further clients held in a FIFO line while the chat is full",
+        set: |c, v| parse_number(v).map(|value| c.max_waiting = value),
+        show: |c| c.max_waiting.to_string(),
     },
-    FlagSpec {
+    Flag {
         name: "max-per-ip",
-        kind: Kind::Count,
+        placeholder: "N",
         help: "connections (chatting + waiting) from one IP address; 0 = no limit",
+        set: |c, v| parse_number(v).map(|value| c.max_per_ip = value),
+        show: |c| c.max_per_ip.to_string(),
     },
-    FlagSpec {
+    Flag {
         name: "max-line",
-        kind: Kind::Bytes,
+        placeholder: "BYTES",
         help: "longest input line accepted, in bytes",
+        set: |c, v| parse_number(v).map(|value| c.max_line = value),
+        show: |c| c.max_line.to_string(),
     },
-    FlagSpec {
+    Flag {
         name: "max-outbuf",
-        kind: Kind::Bytes,
+        placeholder: "BYTES",
         help: "pending output per client in bytes; beyond it lines are skipped",
+        set: |c, v| parse_number(v).map(|value| c.max_outbuf = value),
+        show: |c| c.max_outbuf.to_string(),
     },
-    FlagSpec {
+    Flag {
         name: "write-timeout",
-        kind: Kind::Seconds,
+        placeholder: "SECS",
         help: "disconnect a client that takes no byte of pending output for this long",
+        set: |c, v| parse_seconds(v).map(|value| c.write_timeout = value),
+        show: |c| c.write_timeout.as_secs().to_string(),
     },
-    FlagSpec {
+    Flag {
         name: "idle-timeout",
-        kind: Kind::Seconds,
+        placeholder: "SECS",
         help: "disconnect a client that sends nothing for this long; 0 = off",
+        set: |c, v| parse_seconds(v).map(|value| c.idle_timeout = value),
+        show: |c| c.idle_timeout.as_secs().to_string(),
     },
-    FlagSpec {
+    Flag {
         name: "rate",
-        kind: Kind::Count,
+        placeholder: "N",
         help: "input lines per second per client; 0 = unlimited",
+        set: |c, v| parse_number(v).map(|value| c.rate = value),
+        show: |c| c.rate.to_string(),
     },
-    FlagSpec {
+    Flag {
         name: "burst",
-        kind: Kind::Count,
+        placeholder: "N",
         help: "token-bucket burst for --rate, in lines",
+        set: |c, v| parse_number(v).map(|value| c.burst = value),
+        show: |c| c.burst.to_string(),
     },
-    FlagSpec {
+    Flag {
         name: "announce-limit",
-        kind: Kind::Count,
+        placeholder: "N",
         help: "rooms with more members than this get no join, leave or rename notices",
+        set: |c, v| parse_number(v).map(|value| c.announce_limit = value),
+        show: |c| c.announce_limit.to_string(),
     },
-    FlagSpec {
+    Flag {
         name: "shutdown-grace",
-        kind: Kind::Seconds,
+        placeholder: "SECS",
         help: "how long an orderly shutdown waits for output to drain",
+        set: |c, v| parse_seconds(v).map(|value| c.shutdown_grace = value),
+        show: |c| c.shutdown_grace.as_secs().to_string(),
     },
-    FlagSpec {
+    Flag {
         name: "log-level",
-        kind: Kind::LogLevel,
+        placeholder: "LEVEL",
         help: "error, warn, info, debug or trace",
+        set: |c, v| parse_level(v).map(|value| c.log_level = value),
+        show: |c| c.log_level.to_string().to_lowercase(),
     },
 ];
+
+fn parse_number<T: TryFrom<u64>>(value: &str) -> Result<T, &'static str> {
+    let number: u64 = value.parse().map_err(|_| "a whole number")?;
+    T::try_from(number).map_err(|_| "a smaller number")
+}
+
+fn parse_seconds(value: &str) -> Result<Duration, &'static str> {
+    let seconds: u64 = value.parse().map_err(|_| "a whole number of seconds")?;
+    if seconds > MAX_SECONDS {
+        return Err("at most 315360000 seconds (ten years)");
+    }
+    Ok(Duration::from_secs(seconds))
+}
+
+/// `IP:PORT`, `[IPv6]:PORT`, `:PORT` (every IPv4 address) or `HOST:PORT`
+/// (resolved now; the first address is used).
+fn parse_listen(value: &str) -> Result<SocketAddr, &'static str> {
+    const EXPECTED: &str = "an address like 127.0.0.1:8080, [::1]:8080, localhost:8080 or :8080";
+    if let Some(port) = value.strip_prefix(':') {
+        let port: u16 = port.parse().map_err(|_| EXPECTED)?;
+        return Ok(SocketAddr::from(([0, 0, 0, 0], port)));
+    }
+    if let Ok(addr) = value.parse() {
+        return Ok(addr);
+    }
+    // Only something shaped like HOST:PORT goes to the resolver.
+    let (host, port) = value.rsplit_once(':').ok_or(EXPECTED)?;
+    if host.is_empty() || port.parse::<u16>().is_err() {
+        return Err(EXPECTED);
+    }
+    value
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .ok_or("a host name that resolves, with :PORT")
+}
+
+fn parse_level(value: &str) -> Result<log::LevelFilter, &'static str> {
+    Ok(match value.to_ascii_lowercase().as_str() {
+        "error" => log::LevelFilter::Error,
+        "warn" => log::LevelFilter::Warn,
+        "info" => log::LevelFilter::Info,
+        "debug" => log::LevelFilter::Debug,
+        "trace" => log::LevelFilter::Trace,
+        _ => return Err("one of error, warn, info, debug, trace"),
+    })
+}
+
+/// A parsed configuration and what is worth a warning once logging runs.
+#[derive(Debug)]
+pub struct Parsed {
+    pub config: Config,
+    /// Such as environment variables that name no flag.
+    pub warnings: Vec<String>,
+}
 
 impl Config {
     /// Builds a config from command-line arguments (without the program
@@ -179,21 +276,35 @@ impl Config {
         A: IntoIterator<Item = String>,
         E: IntoIterator<Item = (String, String)>,
     {
+        Config::parse(args, env).map(|parsed| parsed.config)
+    }
+
+    /// As `from_args_and_env`, also returning warnings for the log.
+    pub fn parse<A, E>(args: A, env: E) -> Result<Parsed, ConfigError>
+    where
+        A: IntoIterator<Item = String>,
+        E: IntoIterator<Item = (String, String)>,
+    {
         let mut config = Config::default();
+        let mut warnings = Vec::new();
         // Environment first, so that flags applied afterwards win.
         for (key, value) in env {
-            let Some(rest) = key.strip_prefix("APOLLONION_") else {
+            if !key.starts_with("APOLLONION_") {
                 continue;
-            };
-            let name = rest.to_ascii_lowercase().replace('_', "-");
-            if let Some(spec) = FLAGS.iter().find(|spec| spec.name == name) {
-                config.apply(spec, &value, &key)?;
+            }
+            match FLAGS.iter().find(|flag| flag.env_name() == key) {
+                Some(flag) => config.apply(flag, &value, &key)?,
+                None => warnings.push(format!(
+                    "environment variable {key} names no flag and is ignored (see --help)"
+                )),
             }
         }
         let mut args = args.into_iter();
         while let Some(arg) = args.next() {
-            if arg == "--help" || arg == "-h" {
-                return Err(ConfigError::HelpRequested);
+            match arg.as_str() {
+                "--help" | "-h" => return Err(ConfigError::HelpRequested),
+                "--version" | "-V" => return Err(ConfigError::VersionRequested),
+                _ => {}
             }
             let Some(flag) = arg.strip_prefix("--") else {
                 return Err(ConfigError::UnknownFlag(arg));
@@ -212,53 +323,15 @@ impl Config {
             config.apply(spec, &value, &format!("--{name}"))?;
         }
         config.validate()?;
-        Ok(config)
+        Ok(Parsed { config, warnings })
     }
 
-    fn apply(&mut self, spec: &FlagSpec, value: &str, source: &str) -> Result<(), ConfigError> {
-        let bad = |expected| ConfigError::BadValue {
+    fn apply(&mut self, flag: &Flag, value: &str, source: &str) -> Result<(), ConfigError> {
+        (flag.set)(self, value.trim()).map_err(|expected| ConfigError::BadValue {
             source: source.to_string(),
             value: value.to_string(),
             expected,
-        };
-        let value = value.trim();
-        match spec.kind {
-            Kind::Addr => {
-                self.listen = value
-                    .parse()
-                    .map_err(|_| bad("an address like 127.0.0.1:8080 or [::1]:8080"))?;
-            }
-            Kind::LogLevel => {
-                self.log_level = match value.to_ascii_lowercase().as_str() {
-                    "error" => log::LevelFilter::Error,
-                    "warn" => log::LevelFilter::Warn,
-                    "info" => log::LevelFilter::Info,
-                    "debug" => log::LevelFilter::Debug,
-                    "trace" => log::LevelFilter::Trace,
-                    _ => return Err(bad("one of error, warn, info, debug, trace")),
-                };
-            }
-            Kind::Count | Kind::Bytes | Kind::Seconds => {
-                let number: u64 = value.parse().map_err(|_| bad("a whole number"))?;
-                let as_usize = || usize::try_from(number).map_err(|_| bad("a smaller number"));
-                let as_u32 = || u32::try_from(number).map_err(|_| bad("a smaller number"));
-                match spec.name {
-                    "max-clients" => self.max_clients = as_usize()?,
-                    "max-waiting" => self.max_waiting = as_usize()?,
-                    "max-per-ip" => self.max_per_ip = as_usize()?,
-                    "max-line" => self.max_line = as_usize()?,
-                    "max-outbuf" => self.max_outbuf = as_usize()?,
-                    "write-timeout" => self.write_timeout = Duration::from_secs(number),
-                    "idle-timeout" => self.idle_timeout = Duration::from_secs(number),
-                    "rate" => self.rate = as_u32()?,
-                    "burst" => self.burst = as_u32()?,
-                    "announce-limit" => self.announce_limit = as_usize()?,
-                    "shutdown-grace" => self.shutdown_grace = Duration::from_secs(number),
-                    _ => unreachable!("every numeric flag is matched above"),
-                }
-            }
-        }
-        Ok(())
+        })
     }
 
     /// Rejects values that parse but cannot work.
@@ -309,43 +382,23 @@ pub fn help_text() -> String {
          Every flag can also be set as APOLLONION_<NAME> in the environment\n\
          (e.g. APOLLONION_MAX_CLIENTS=50000); a flag wins over the environment.\n\n",
     );
-    for spec in FLAGS {
-        let placeholder = match spec.kind {
-            Kind::Addr => "ADDR",
-            Kind::Count => "N",
-            Kind::Bytes => "BYTES",
-            Kind::Seconds => "SECS",
-            Kind::LogLevel => "LEVEL",
-        };
-        let default = defaults.display_value(spec.name);
+    for flag in FLAGS {
         text.push_str(&format!(
-            "  --{} {placeholder}\n        {} (default {default})\n",
-            spec.name, spec.help
+            "  --{} {}\n        {} (default {})\n",
+            flag.name,
+            flag.placeholder,
+            flag.help,
+            (flag.show)(&defaults)
         ));
     }
     text.push_str("  --help\n        print this text\n");
+    text.push_str("  --version\n        print the version\n");
     text
 }
 
-impl Config {
-    fn display_value(&self, name: &str) -> String {
-        match name {
-            "listen" => self.listen.to_string(),
-            "max-clients" => self.max_clients.to_string(),
-            "max-waiting" => self.max_waiting.to_string(),
-            "max-per-ip" => self.max_per_ip.to_string(),
-            "max-line" => self.max_line.to_string(),
-            "max-outbuf" => self.max_outbuf.to_string(),
-            "write-timeout" => self.write_timeout.as_secs().to_string(),
-            "idle-timeout" => self.idle_timeout.as_secs().to_string(),
-            "rate" => self.rate.to_string(),
-            "burst" => self.burst.to_string(),
-            "announce-limit" => self.announce_limit.to_string(),
-            "shutdown-grace" => self.shutdown_grace.as_secs().to_string(),
-            "log-level" => self.log_level.to_string().to_lowercase(),
-            _ => String::new(),
-        }
-    }
+/// What `--version` prints.
+pub fn version_text() -> String {
+    format!("apollonion {}\n", env!("CARGO_PKG_VERSION"))
 }
 
 #[cfg(test)]
@@ -402,15 +455,12 @@ mod tests {
 
     #[test]
     fn every_flag_is_settable_from_the_environment() {
-        for spec in FLAGS {
-            let key = format!("APOLLONION_{}", spec.name.to_uppercase().replace('-', "_"));
-            let value = match spec.kind {
-                Kind::Addr => "127.0.0.1:9",
-                Kind::LogLevel => "trace",
-                _ => "5000",
-            };
-            let config = parse(&[], &[(key.as_str(), value)]).unwrap();
-            assert_ne!(config, Config::default(), "{key} had no effect");
+        for flag in FLAGS {
+            let key = flag.env_name();
+            let changed = ["127.0.0.1:9", "trace", "5000"].iter().any(|value| {
+                parse(&[], &[(key.as_str(), value)]).is_ok_and(|c| c != Config::default())
+            });
+            assert!(changed, "{key} had no effect");
         }
     }
 
@@ -466,5 +516,119 @@ mod tests {
         }
         assert!(help.contains("(default 127.0.0.1:8080)"));
         assert!(help.contains("(default 1048576)"));
+    }
+
+    #[test]
+    fn version_is_its_own_request() {
+        assert_eq!(
+            parse(&["--version"], &[]),
+            Err(ConfigError::VersionRequested)
+        );
+        assert_eq!(
+            version_text(),
+            format!("apollonion {}\n", env!("CARGO_PKG_VERSION"))
+        );
+    }
+
+    #[test]
+    fn listen_takes_a_bare_port_and_host_names() {
+        let config = parse(&["--listen", ":2323"], &[]).unwrap();
+        assert_eq!(config.listen.to_string(), "0.0.0.0:2323");
+        let config = parse(&["--listen", "localhost:2323"], &[]).unwrap();
+        assert!(config.listen.ip().is_loopback(), "{}", config.listen);
+        assert_eq!(config.listen.port(), 2323);
+        for bad in [":", ":x", ":70000", "localhost", "localhost:x", ":8080:1"] {
+            assert!(
+                matches!(
+                    parse(&["--listen", bad], &[]),
+                    Err(ConfigError::BadValue { .. })
+                ),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_environment_variables_are_warned_about_not_fatal() {
+        let env = [
+            ("APOLLONION_MAX_CLIENT", "5"),
+            ("APOLLONION_RATE", "3"),
+            ("HOME", "/root"),
+        ];
+        let parsed = Config::parse(
+            std::iter::empty(),
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+        .unwrap();
+        assert_eq!(parsed.config.rate, 3);
+        assert_eq!(parsed.warnings.len(), 1, "{:?}", parsed.warnings);
+        assert!(parsed.warnings[0].contains("APOLLONION_MAX_CLIENT"));
+    }
+
+    #[test]
+    fn durations_beyond_ten_years_are_refused() {
+        for flag in ["--idle-timeout", "--write-timeout", "--shutdown-grace"] {
+            for value in ["18446744073709551615", "315360001"] {
+                let err = parse(&[flag, value], &[]).unwrap_err();
+                assert!(
+                    matches!(err, ConfigError::BadValue { .. }),
+                    "{flag} {value}"
+                );
+                assert!(!err.to_string().contains('\n'));
+            }
+            assert!(parse(&[flag, "315360000"], &[]).is_ok(), "{flag}");
+        }
+    }
+
+    /// Values for the property test: numbers of every size, near-numbers
+    /// and junk.
+    fn value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<u64>().prop_map(|n| n.to_string()),
+            (0..u64::from(u32::MAX)).prop_map(|n| n.to_string()),
+            Just("18446744073709551616".to_string()),
+            Just(" 12 ".to_string()),
+            "-?[0-9]{0,25}",
+            "[a-z0-9:.\\[\\] =-]{0,12}",
+            any::<String>(),
+        ]
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        /// No value of any flag, on the command line or in the
+        /// environment, makes parsing panic; whatever is accepted gives
+        /// deadlines the clock can hold.
+        #[test]
+        fn no_flag_value_panics(
+            choices in proptest::collection::vec((0..FLAGS.len(), value(), any::<bool>()), 1..6),
+        ) {
+            let mut args = Vec::new();
+            let mut env = Vec::new();
+            for (index, value, from_env) in choices {
+                let flag = &FLAGS[index];
+                // Host names go to the system resolver; the listen address
+                // gets numeric forms only, so the test never waits on DNS.
+                let resolvable = value.rsplit_once(':').is_some_and(|(host, _)| {
+                    !host.is_empty() && host.trim_matches(['[', ']']).parse::<std::net::IpAddr>().is_err()
+                });
+                if flag.name == "listen" && resolvable {
+                    continue;
+                }
+                if from_env {
+                    env.push((flag.env_name(), value));
+                } else {
+                    args.push(format!("--{}={value}", flag.name));
+                }
+            }
+            if let Ok(config) = Config::from_args_and_env(args, env) {
+                let now = std::time::Instant::now();
+                for duration in [config.idle_timeout, config.write_timeout, config.shutdown_grace] {
+                    prop_assert!(now.checked_add(duration).is_some());
+                }
+                let _ = help_text();
+            }
+        }
     }
 }

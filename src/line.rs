@@ -7,7 +7,9 @@
 //! reduced here to printable text, so the rest of the daemon can treat a
 //! [`Decoded::Line`] as trusted.
 //!
-//! The decoder is layered, one byte at a time, each layer feeding the next:
+//! The decoder is layered, each layer feeding the next; it works byte by
+//! byte except on plain text, which a fast path copies a word at a time up
+//! to the next special byte:
 //!
 //! 1. telnet: strips `IAC` sequences and produces refusals;
 //! 2. line endings: `LF`, `CR LF` and `CR NUL` end a line;

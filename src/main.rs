@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use apollonion::config::{help_text, ConfigError};
+use apollonion::config::{help_text, version_text, ConfigError, Parsed};
 use apollonion::{Config, Server, Stopped};
 
 /// Exit code after a second signal cut the shutdown short: the shell's
@@ -10,22 +10,30 @@ use apollonion::{Config, Server, Stopped};
 const FORCED_EXIT: u8 = 130;
 
 fn main() -> ExitCode {
-    let config = match Config::from_args_and_env(std::env::args().skip(1), std::env::vars()) {
-        Ok(config) => config,
-        Err(ConfigError::HelpRequested) => {
-            print!("{}", help_text());
-            return ExitCode::SUCCESS;
-        }
-        Err(err) => {
-            eprintln!("apollonion: {err}");
-            return ExitCode::from(2);
-        }
-    };
+    let Parsed { config, warnings } =
+        match Config::parse(std::env::args().skip(1), std::env::vars()) {
+            Ok(parsed) => parsed,
+            Err(ConfigError::HelpRequested) => {
+                print!("{}", help_text());
+                return ExitCode::SUCCESS;
+            }
+            Err(ConfigError::VersionRequested) => {
+                print!("{}", version_text());
+                return ExitCode::SUCCESS;
+            }
+            Err(err) => {
+                eprintln!("apollonion: {err}");
+                return ExitCode::from(2);
+            }
+        };
     if let Err(err) = simple_logger::SimpleLogger::new()
         .with_level(config.log_level)
         .init()
     {
         eprintln!("apollonion: cannot start logging: {err}");
+    }
+    for warning in warnings {
+        log::warn!("{warning}");
     }
     let server = match Server::bind(config) {
         Ok(server) => server,

@@ -248,12 +248,14 @@ fn a_silent_client_is_disconnected_as_idle_and_talkers_are_not() {
     let (mut tock, tock_nick) = server.join();
     tick.expect_line(&format!("* {tock_nick} joined #lobby"));
     let (mut quiet, quiet_nick) = server.join();
-    let quiet_since = Instant::now();
     tick.expect_line(&format!("* {quiet_nick} joined #lobby"));
     tock.expect_line(&format!("* {quiet_nick} joined #lobby"));
 
+    // When exactly the idle rule fires is unit-tested on a virtual clock
+    // (server::session); this checks it is wired to the socket: the silent
+    // client is told and closed, the talkers stay.
     let left = format!("* {quiet_nick} left #lobby (idle)");
-    let mut seen_left = Vec::new();
+    let mut seen_left = 0;
     // Eight rounds of 300 ms: well past two timeouts for the talkers.
     for round in 0..8 {
         tick.send(&format!("tick {round}"));
@@ -264,20 +266,19 @@ fn a_silent_client_is_disconnected_as_idle_and_talkers_are_not() {
         ] {
             for line in client.read_until(&expected) {
                 assert_eq!(line, left, "unexpected line before {expected:?}");
-                seen_left.push(quiet_since.elapsed());
+                seen_left += 1;
             }
         }
         // Lets wall-clock time pass: the timeout is what is under test.
         thread::sleep(Duration::from_millis(300));
     }
-    assert_eq!(seen_left.len(), 2, "each talker hears the idle leave once");
-    for after in &seen_left {
-        assert!(
-            *after >= timeout - Duration::from_millis(100) && *after < timeout * 2,
-            "idle disconnect seen {after:?} after the join"
-        );
-    }
-    let quiet_got = quiet.expect_closed();
+    assert_eq!(seen_left, 2, "each talker hears the idle leave once");
+    let mut quiet_got = quiet.expect_closed();
+    assert_eq!(
+        quiet_got.pop().as_deref(),
+        Some("! disconnected: idle for 1 s"),
+        "the idle client is told why, last"
+    );
     assert!(
         quiet_got
             .iter()
@@ -329,13 +330,11 @@ fn a_client_that_takes_no_output_is_disconnected_as_too_slow() {
         }
         sent += 8;
     }
+    // When exactly the stall rule fires is unit-tested on a virtual clock
+    // (server::session); this checks it is wired to the socket.
     let stalled_by = Instant::now();
     reader.expect_line(&format!("* {stalled_nick} left #lobby (too slow)"));
     let waited = stalled_by.elapsed();
-    assert!(
-        waited < write_timeout + Duration::from_millis(700),
-        "disconnected {waited:?} after its output stalled"
-    );
     eprintln!(
         "write stall: {sent} lines sent before the queue filled, disconnected {waited:?} later"
     );
@@ -458,8 +457,10 @@ fn a_flooder_is_paced_without_loss_and_does_not_delay_others() {
     other.send("not starved");
     let before = receiver.read_until(&format!("{other_nick}: not starved"));
     let latency = sent_at.elapsed();
+    // Behind the whole flood it would take two seconds; the exact pacing
+    // is unit-tested on a virtual clock (server::session).
     assert!(
-        latency < Duration::from_millis(500),
+        latency < Duration::from_millis(1500),
         "another client's line took {latency:?} behind the flood"
     );
     for (index, line) in before.iter().enumerate() {
@@ -482,7 +483,7 @@ fn a_flooder_is_paced_without_loss_and_does_not_delay_others() {
         "{LINES} lines arrived in {took:?}, faster than 50/s allows"
     );
     assert!(
-        took < Duration::from_secs(4),
+        took < Duration::from_secs(6),
         "{LINES} lines took {took:?}, far slower than 50/s"
     );
 
@@ -643,10 +644,13 @@ fn a_storm_of_ten_thousand_joins_is_welcomed_quickly_without_n_squared_notices()
     const CLIENTS: usize = 10_000;
     const ANNOUNCE_LIMIT: usize = 100;
     let hard = raise_open_file_limit();
-    if hard < CLIENTS as libc::rlim_t + 100 {
-        eprintln!("skipped: the open-file hard limit {hard} is below {CLIENTS} clients");
-        return;
-    }
+    // Fails rather than passing without having run: a green run must mean
+    // the storm was served.
+    assert!(
+        hard >= CLIENTS as libc::rlim_t + 100,
+        "cannot run: the open-file hard limit {hard} is below {CLIENTS} clients + 100; \
+         raise it (ulimit -Hn) or skip this test by name"
+    );
     // A child process: its 10,000 sockets and these 10,000 together would
     // pass the hard limit of one process.
     let daemon = Daemon::start(&[

@@ -101,6 +101,11 @@ fn a_second_signal_exits_at_once_while_output_is_still_pending() {
 
     let second = Instant::now();
     daemon.signal(libc::SIGINT);
+    let said = daemon.wait_for_log(|line| line.contains("received SIGINT during shutdown"));
+    assert!(
+        said.contains("bytes unsent on 1 connections"),
+        "the exit says what it left behind: {said}"
+    );
     let status = daemon
         .exit_within(Duration::from_secs(3))
         .expect("a second signal exits at once");
@@ -120,6 +125,42 @@ fn a_bad_flag_value_is_one_line_on_stderr_and_exit_2() {
     assert!(stderr.contains("--max-clients"), "{stderr:?}");
     assert!(stderr.contains("lots"), "{stderr:?}");
     assert_eq!(stdout, "");
+}
+
+#[test]
+fn a_duration_too_large_for_the_clock_is_refused_with_exit_2() {
+    for flag in ["--idle-timeout", "--write-timeout", "--shutdown-grace"] {
+        let args = ["--listen", "127.0.0.1:0", flag, "18446744073709551615"];
+        let (status, stdout, stderr) = daemon::run_within(&args, Duration::from_secs(5))
+            .unwrap_or_else(|| panic!("{flag} 18446744073709551615 was accepted: still running"));
+        assert_eq!(status.code(), Some(2), "{flag}: stderr {stderr:?}");
+        assert_eq!(stderr.lines().count(), 1, "{flag}: stderr {stderr:?}");
+        assert!(stderr.contains(flag), "{stderr:?}");
+        assert_eq!(stdout, "");
+    }
+}
+
+#[test]
+fn version_prints_the_name_and_version_and_exits_0() {
+    let (status, stdout, stderr) = run_to_end(&["--version"]);
+    assert_eq!(status.code(), Some(0), "stderr: {stderr}");
+    assert_eq!(
+        stdout,
+        format!("apollonion {}\n", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[test]
+fn sighup_is_an_orderly_shutdown_named_in_the_log() {
+    let mut daemon = start(&[]);
+    let (mut client, _) = daemon.join();
+    daemon.signal(libc::SIGHUP);
+    daemon.wait_for_log(|line| line.contains("received SIGHUP, shutting down"));
+    client.expect_line("* server shutting down");
+    let status = daemon
+        .exit_within(PATIENCE)
+        .expect("exits after an orderly shutdown");
+    assert_eq!(status.code(), Some(0), "{status}");
 }
 
 #[test]

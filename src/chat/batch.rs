@@ -191,7 +191,7 @@ mod tests {
             self.sent.push((to, lines.to_vec(), None));
         }
 
-        fn close(&mut self, _to: ClientId) {}
+        fn close(&mut self, _to: ClientId, _why: crate::chat::Close) {}
     }
 
     impl Chunks {

@@ -55,8 +55,8 @@ pub trait Outbox {
         }
     }
     /// Closes `to` once what is already queued for it has been written.
-    /// The chat has already forgotten the client.
-    fn close(&mut self, to: ClientId);
+    /// The chat has already forgotten the client; `why` is for the log.
+    fn close(&mut self, to: ClientId, why: Close);
 }
 
 /// The lines of a chunk given to [`Outbox::send_lines`], each with its line
@@ -85,7 +85,45 @@ pub enum LeaveReason {
     Idle,
 }
 
-/// Limits the chat enforces itself.
+/// Why the chat ends a connection. The chat is the one that knows, so the
+/// transport logs this instead of guessing from what it saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Close {
+    /// The client sent `/quit`.
+    Quit,
+    /// The client's first line was an HTTP request.
+    HttpRequest,
+    /// Never admitted.
+    Refused(Refusal),
+    /// Sent nothing within the idle timeout.
+    Idle,
+    /// The server is shutting down.
+    Shutdown,
+}
+
+/// Why a new connection was turned away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Chat and waiting line both full.
+    ServerFull,
+    /// Too many connections from the address.
+    TooManyFromAddress,
+    /// The server is shutting down and takes no one new.
+    ShuttingDown,
+}
+
+impl Refusal {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Refusal::ServerFull => "server full",
+            Refusal::TooManyFromAddress => "too many connections from the address",
+            Refusal::ShuttingDown => "server shutting down",
+        }
+    }
+}
+
+/// Limits the chat enforces itself. Built by whoever configures the
+/// transport, so the chat depends on no outside settings type.
 #[derive(Debug, Clone)]
 pub struct ChatConfig {
     pub max_clients: usize,
@@ -94,18 +132,6 @@ pub struct ChatConfig {
     pub max_per_ip: usize,
     pub max_line: usize,
     pub announce_limit: usize,
-}
-
-impl ChatConfig {
-    pub fn from_config(config: &crate::Config) -> Self {
-        ChatConfig {
-            max_clients: config.max_clients,
-            max_waiting: config.max_waiting,
-            max_per_ip: config.max_per_ip,
-            max_line: config.max_line,
-            announce_limit: config.announce_limit,
-        }
-    }
 }
 
 /// What happened to a new connection, for the transport's log.
@@ -118,10 +144,8 @@ pub enum Admission {
     Waiting {
         place: usize,
     },
-    /// Chat and line both full; closed.
-    ServerFull,
-    /// Too many connections from the address; closed.
-    TooManyFromAddress,
+    /// Turned away and closed.
+    Refused(Refusal),
 }
 
 struct Client {
@@ -196,8 +220,7 @@ impl Chat {
     pub fn on_connect(&mut self, out: &mut impl Outbox, id: ClientId, ip: IpAddr) -> Admission {
         if self.shut_down {
             out.send(id, error_line("server is shutting down"), None);
-            out.close(id);
-            return Admission::ServerFull;
+            return refuse(out, id, Refusal::ShuttingDown);
         }
         let from_ip = self.per_ip.get(&ip).copied().unwrap_or(0);
         if self.config.max_per_ip > 0 && from_ip >= self.config.max_per_ip {
@@ -206,14 +229,12 @@ impl Chat {
                 error_line("too many connections from your address"),
                 None,
             );
-            out.close(id);
-            return Admission::TooManyFromAddress;
+            return refuse(out, id, Refusal::TooManyFromAddress);
         }
         let has_room = self.chatting < self.config.max_clients;
         if !has_room && self.waiting.len() >= self.config.max_waiting {
             out.send(id, error_line("server full, try again later"), None);
-            out.close(id);
-            return Admission::ServerFull;
+            return refuse(out, id, Refusal::ServerFull);
         }
         *self.per_ip.entry(ip).or_insert(0) += 1;
         self.next_serial += 1;
@@ -277,7 +298,7 @@ impl Chat {
                 // goodbye is the last thing the client reads.
                 self.remove(out, id, &suffix);
                 out.send(id, notice_line("bye"), None);
-                out.close(id);
+                out.close(id, Close::Quit);
             }
             Command::Usage(usage) => {
                 self.deliver(out, id, error_line(format_args!("usage: {usage}")), None);
@@ -313,7 +334,19 @@ impl Chat {
             error_line("this is a chat server: connect with telnet or nc"),
             None,
         );
-        out.close(id);
+        out.close(id, Close::HttpRequest);
+    }
+
+    /// The client sent nothing for `timeout_secs`: its room hears it left
+    /// idle, it is told why, and closed.
+    pub fn on_idle(&mut self, out: &mut impl Outbox, id: ClientId, timeout_secs: u64) {
+        self.on_disconnect(out, id, LeaveReason::Idle);
+        out.send(
+            id,
+            error_line(format_args!("disconnected: idle for {timeout_secs} s")),
+            None,
+        );
+        out.close(id, Close::Idle);
     }
 
     /// The connection is gone (or being closed by the transport). Ids the
@@ -359,7 +392,7 @@ impl Chat {
             if slot.take().is_some() {
                 let id = ClientId(index);
                 out.send(id, notice.clone(), None);
-                out.close(id);
+                out.close(id, Close::Shutdown);
             }
         }
         self.waiting.clear();
@@ -782,6 +815,11 @@ impl Chat {
             self.deliver(out, origin.client, line, None);
         }
     }
+}
+
+fn refuse(out: &mut impl Outbox, id: ClientId, why: Refusal) -> Admission {
+    out.close(id, Close::Refused(why));
+    Admission::Refused(why)
 }
 
 /// How a room line is shown.

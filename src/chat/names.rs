@@ -31,8 +31,9 @@ pub struct Nicknames {
 }
 
 impl Nicknames {
-    /// Hands out `guest-N` with the smallest unused N from a counter that
-    /// only grows, skipping names someone claimed with `/nick`.
+    /// Hands out `guest-N` with the next N of a counter that only grows
+    /// (numbers of guests who left are not reused), skipping names someone
+    /// claimed with `/nick`.
     pub fn claim_guest(&mut self, owner: ClientId) -> String {
         loop {
             self.next_guest += 1;

@@ -29,6 +29,8 @@ fn config() -> ChatConfig {
 struct Recorder {
     sent: Vec<(ClientId, String, Option<ReceiptTag>)>,
     closed: Vec<ClientId>,
+    /// Why each of `closed` was closed, in the same order.
+    close_reasons: Vec<Close>,
     full: HashSet<ClientId>,
     /// Tagged copies not yet reported back, kept apart from `sent` so that
     /// reading a client's lines does not settle them.
@@ -48,8 +50,9 @@ impl Outbox for Recorder {
         Sent::Queued
     }
 
-    fn close(&mut self, to: ClientId) {
+    fn close(&mut self, to: ClientId, why: Close) {
         self.closed.push(to);
+        self.close_reasons.push(why);
     }
 }
 
@@ -234,7 +237,7 @@ fn a_waiting_line_forms_when_the_chat_is_full() {
     assert!(net.nothing_sent(), "waiting clients are not announced");
 
     let (eve, admission) = net.connect_from(LOCALHOST);
-    assert_eq!(admission, Admission::ServerFull);
+    assert_eq!(admission, Admission::Refused(Refusal::ServerFull));
     assert_eq!(net.line(eve), "! server full, try again later");
     assert_eq!(net.out.closed, [eve]);
     net.chat
@@ -307,7 +310,7 @@ fn too_many_connections_from_one_address_are_refused() {
     net.out.sent.clear();
 
     let (third, admission) = net.connect_from(LOCALHOST);
-    assert_eq!(admission, Admission::TooManyFromAddress);
+    assert_eq!(admission, Admission::Refused(Refusal::TooManyFromAddress));
     assert_eq!(net.line(third), "! too many connections from your address");
     assert_eq!(net.out.closed, [third]);
     net.chat
@@ -339,7 +342,7 @@ fn waiting_clients_count_against_their_address() {
     let (_, admission) = net.connect_from(LOCALHOST);
     assert_eq!(admission, Admission::Waiting { place: 1 });
     let (_, admission) = net.connect_from(LOCALHOST);
-    assert_eq!(admission, Admission::TooManyFromAddress);
+    assert_eq!(admission, Admission::Refused(Refusal::TooManyFromAddress));
 }
 
 #[test]
@@ -353,6 +356,7 @@ fn an_http_request_is_answered_and_closed() {
         "! this is a chat server: connect with telnet or nc"
     );
     assert_eq!(net.out.closed, [browser]);
+    assert_eq!(net.out.close_reasons, [Close::HttpRequest]);
     assert_eq!(net.chat.stats().chatting, 0);
     assert_eq!(net.chat.stats().addresses, 0);
 }
@@ -974,6 +978,35 @@ fn a_receipt_for_a_departed_sender_never_reaches_a_client_reusing_its_id() {
 // Leaving
 
 #[test]
+fn an_idle_client_is_told_why_its_room_hears_it_and_it_is_closed() {
+    let mut net = Net::new();
+    let [alice, bob] = net.chatters();
+    net.say(alice, "hello");
+    net.out.sent.clear();
+
+    net.chat.on_idle(&mut net.out, alice, 300);
+    net.end_turn();
+    assert_eq!(net.line(alice), "! disconnected: idle for 300 s");
+    assert_eq!(net.out.closed, [alice]);
+    assert_eq!(net.out.close_reasons, [Close::Idle]);
+    assert_eq!(net.line(bob), "* guest-1 left #lobby (idle)");
+    assert_eq!(net.chat.stats().chatting, 1);
+}
+
+#[test]
+fn a_connect_during_shutdown_is_refused_as_shutting_down_not_full() {
+    let mut net = Net::new();
+    net.chat.on_shutdown(&mut net.out);
+    let (late, admission) = net.connect_from(LOCALHOST);
+    assert_eq!(admission, Admission::Refused(Refusal::ShuttingDown));
+    assert_eq!(net.line(late), "! server is shutting down");
+    assert_eq!(
+        net.out.close_reasons,
+        [Close::Refused(Refusal::ShuttingDown)]
+    );
+}
+
+#[test]
 fn quit_says_bye_closes_and_tells_the_room() {
     let mut net = Net::new();
     let [alice, bob, carol] = net.chatters();
@@ -983,6 +1016,7 @@ fn quit_says_bye_closes_and_tells_the_room() {
     net.say(alice, "/quit");
     assert_eq!(net.line(alice), "* bye");
     assert_eq!(net.out.closed, [alice]);
+    assert_eq!(net.out.close_reasons, [Close::Quit]);
     assert_eq!(net.line(bob), "* guest-1 left #lobby");
     assert!(net.lines(carol).is_empty());
 
@@ -1127,6 +1161,7 @@ fn shutdown_tells_and_closes_everyone_and_refuses_newcomers() {
     let mut closed = net.out.closed.clone();
     closed.sort();
     assert_eq!(closed, ids);
+    assert_eq!(net.out.close_reasons, [Close::Shutdown; 3]);
 
     // The transport drains or drops what was queued before it closes.
     net.flush(ids[1]);
@@ -1151,7 +1186,7 @@ fn shutdown_tells_and_closes_everyone_and_refuses_newcomers() {
 
     net.out.closed.clear();
     let (late, admission) = net.connect_from(LOCALHOST);
-    assert_eq!(admission, Admission::ServerFull);
+    assert_eq!(admission, Admission::Refused(Refusal::ShuttingDown));
     assert_eq!(net.out.closed, [late]);
     assert!(net.lines(late).iter().all(|line| line.starts_with("! ")));
 }

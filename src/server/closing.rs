@@ -1,10 +1,21 @@
-//! Closing connections at the end of a loop turn.
+//! Ending connections: telling the chat, and closing sockets at the end of
+//! a loop turn.
 
-use super::*;
+use std::io::Read;
+use std::net::Shutdown;
+
+use log::info;
+use mio::net::TcpStream;
+
+use super::session::{CloseCause, Phase};
+use super::timers::TimerKind;
+use super::Server;
+use crate::chat::{ClientId, LeaveReason};
 
 impl Server {
-    /// Ends a connection for `cause` and lets the chat tell the room why.
-    /// `Dead` closes it at the end of this turn, whatever is queued;
+    /// Ends a connection for a reason the reactor saw (the chat gives its
+    /// own reasons through `Outbox::close`), and lets the chat tell the
+    /// room. `Dead` closes it at the end of this turn, whatever is queued;
     /// `Closing` once its output has drained.
     pub(super) fn end_connection(&mut self, key: usize, phase: Phase, cause: CloseCause) {
         if phase == Phase::Dead {
@@ -12,42 +23,43 @@ impl Server {
         } else {
             self.conns.close_after_flush(key, cause);
         }
+        let reason = match cause {
+            CloseCause::TooSlow => LeaveReason::TooSlow,
+            _ => LeaveReason::Hangup,
+        };
         self.chat
-            .on_disconnect(&mut self.conns, ClientId(key), cause.leave_reason());
+            .on_disconnect(&mut self.conns, ClientId(key), reason);
     }
 
     pub(super) fn close_connections(&mut self) {
-        for key in std::mem::take(&mut self.conns.close_list) {
-            let Some(conn) = self.conns.slab.get(key) else {
-                continue;
-            };
-            let finished =
-                conn.phase == Phase::Dead || (conn.phase == Phase::Closing && conn.out.is_empty());
+        for key in self.conns.take_close_list() {
+            let finished = self.conns.get(key).is_some_and(|conn| {
+                let phase = conn.session.phase();
+                phase == Phase::Dead || (phase == Phase::Closing && conn.pending() == 0)
+            });
             if !finished {
                 continue;
             }
-            let mut conn = self.conns.slab.remove(key);
-            let _ = self.poll.registry().deregister(&mut conn.stream);
-            self.conns.queued_bytes -= conn.out.pending();
-            // A descriptor is free again: connections waiting in the backlog
-            // raise no new event, so try accepting now.
-            self.accept_paused = false;
-            if conn.phase == Phase::Closing {
-                close_gracefully(&mut conn.stream, &mut self.scratch);
-            }
-            let cause = conn.cause.unwrap_or(CloseCause::ClosedByChat);
-            // Usually the chat let the client go when the close began; this
-            // catches any path that did not, so no client outlives its socket.
-            self.chat
-                .on_disconnect(&mut self.conns, ClientId(key), cause.leave_reason());
-            for tag in conn.out.discard() {
+            // The chat has let the client go when the close began (every
+            // path to here ends through the chat or `end_connection`).
+            for tag in self.conns.discard_output(key) {
                 self.chat.on_dropped(&mut self.conns, tag);
             }
-            info!(
-                "client {key} from {} disconnected: {}",
-                conn.peer,
-                cause.describe()
-            );
+            let Some(mut conn) = self.conns.remove(key) else {
+                continue;
+            };
+            let _ = self.poll.registry().deregister(&mut conn.stream);
+            // A descriptor is free again: connections waiting in the backlog
+            // raise no new event, so try accepting now.
+            self.acceptor.resume();
+            if conn.session.phase() == Phase::Closing {
+                close_gracefully(&mut conn.stream, &mut self.scratch);
+            }
+            let cause = conn
+                .session
+                .cause()
+                .map_or_else(|| "closed".to_string(), CloseCause::describe);
+            info!("client {key} from {} disconnected: {cause}", conn.peer);
         }
         self.prune_timers();
     }
@@ -55,14 +67,14 @@ impl Server {
     /// Under churn, timers of closed connections pile up until they come
     /// due (an idle timeout can be hours away); drop them once they
     /// outnumber the live ones.
-    pub(super) fn prune_timers(&mut self) {
-        if self.timers.len() <= 4 * self.conns.slab.len() + 1024 {
+    fn prune_timers(&mut self) {
+        if self.timers.len() <= 4 * self.conns.len() + 1024 {
             return;
         }
-        let slab = &self.conns.slab;
+        let conns = &self.conns;
         self.timers.retain(|timer| match timer.kind {
-            TimerKind::AcceptRetry | TimerKind::ShutdownGrace => true,
-            _ => slab
+            TimerKind::AcceptRetry => true,
+            TimerKind::Session => conns
                 .get(timer.key)
                 .is_some_and(|conn| conn.serial == timer.serial),
         });

@@ -1,83 +1,183 @@
-//! The slab of live connections, seen by the chat as its `Outbox`.
+//! The live connections, seen by the chat as its `Outbox`, and the work
+//! queued on them within one loop turn: which to read, flush and close.
+//!
+//! The queued-bytes figure is kept here and only here: bytes enter through
+//! `enqueue`, leave through `write` or `remove`.
 
+use std::collections::VecDeque;
+use std::io;
+use std::net::SocketAddr;
 use std::time::Instant;
 
 use bytes::Bytes;
+use mio::net::TcpStream;
 use slab::Slab;
 
-use super::connection::{CloseCause, Connection, Phase};
-use crate::chat::{split_lines, ClientId, Outbox, ReceiptTag, Sent};
+use super::out_queue::{Flushed, OutQueue};
+use super::session::{CloseCause, Phase, Session};
+use crate::chat::{split_lines, ClientId, Close, Outbox, ReceiptTag, Sent};
 
-/// All connections, keyed by slab index (which is also the `ClientId` and,
-/// plus an offset, the poll token), and the work queued on them this turn.
+pub struct Connection {
+    /// Tells this connection apart from later ones that reuse its slab key,
+    /// so timers left behind by a closed connection are recognised as stale.
+    pub serial: u64,
+    pub stream: TcpStream,
+    pub peer: SocketAddr,
+    pub session: Session,
+    out: OutQueue,
+    /// Readiness not yet used up: edge-triggered polling will not report it
+    /// again, so the reactor must come back on its own.
+    pub read_ready: bool,
+    in_read_list: bool,
+    in_flush_list: bool,
+    /// WRITABLE is registered; only while output is stuck in the queue.
+    pub wants_writable: bool,
+    /// The earliest deadline a timer is scheduled for; a later deadline
+    /// needs no new timer, as the earlier one re-arms when it fires.
+    pub timer_at: Option<Instant>,
+}
+
+impl Connection {
+    pub fn new(
+        serial: u64,
+        stream: TcpStream,
+        peer: SocketAddr,
+        session: Session,
+        max_outbuf: usize,
+    ) -> Self {
+        Connection {
+            serial,
+            stream,
+            peer,
+            session,
+            out: OutQueue::new(max_outbuf),
+            // Registration reports data that is already there.
+            read_ready: false,
+            in_read_list: false,
+            in_flush_list: false,
+            wants_writable: false,
+            timer_at: None,
+        }
+    }
+
+    /// Bytes queued and not yet written.
+    pub fn pending(&self) -> usize {
+        self.out.pending()
+    }
+}
+
+/// All connections, keyed by slab index (which is also the `ClientId`, and
+/// the poll token's client number).
 pub struct Connections {
-    pub slab: Slab<Connection>,
-    /// Connections with output queued this turn; flushed once at its end.
-    pub flush_list: Vec<usize>,
+    slab: Slab<Connection>,
+    /// Connections whose readiness has not been used up.
+    read_list: Vec<usize>,
+    /// Connections with output queued this turn, flushed in that order.
+    flush_list: VecDeque<usize>,
     /// Connections to close at the end of this turn.
-    pub close_list: Vec<usize>,
-    max_outbuf: usize,
+    close_list: Vec<usize>,
     /// Set during shutdown, so the shutdown notice reaches even a client
     /// whose queue is full.
-    pub ignore_cap: bool,
+    ignore_cap: bool,
     /// The current loop turn's time, for output-progress stamps.
-    pub now: Instant,
+    now: Instant,
     /// Bytes queued on all connections together.
-    pub queued_bytes: usize,
+    queued_bytes: usize,
     /// The most bytes any one connection has had queued.
-    pub peak_queue: usize,
+    peak_queue: usize,
 }
 
 impl Connections {
-    pub fn new(max_outbuf: usize) -> Self {
+    pub fn new(now: Instant) -> Self {
         Connections {
             slab: Slab::new(),
-            flush_list: Vec::new(),
+            read_list: Vec::new(),
+            flush_list: VecDeque::new(),
             close_list: Vec::new(),
-            max_outbuf,
             ignore_cap: false,
-            now: Instant::now(),
+            now,
             queued_bytes: 0,
             peak_queue: 0,
         }
     }
 
-    /// Queues `data` on one connection, honouring its cap, and keeps the
-    /// byte accounting.
-    fn enqueue(
-        &mut self,
-        key: usize,
-        data: Bytes,
-        receipt: Option<ReceiptTag>,
-        ignore_cap: bool,
-    ) -> Sent {
-        let Some(conn) = self.slab.get_mut(key) else {
-            return Sent::Skipped;
-        };
-        if conn.phase == Phase::Dead {
-            return Sent::Skipped;
-        }
-        let was_empty = conn.out.is_empty();
-        let len = data.len();
-        if !conn.out.push(data, receipt, self.max_outbuf, ignore_cap) {
-            return Sent::Skipped;
-        }
-        if was_empty {
-            conn.last_output_progress = self.now;
-        }
-        self.queued_bytes += len;
-        self.peak_queue = self.peak_queue.max(conn.out.pending());
-        Self::mark_for_flush(&mut self.flush_list, key, conn);
-        Sent::Queued
+    pub fn start_turn(&mut self, now: Instant) {
+        self.now = now;
     }
 
-    pub fn max_outbuf(&self) -> usize {
-        self.max_outbuf
+    /// The key the next `insert` will use, for registering its socket first.
+    pub fn vacant_key(&self) -> usize {
+        self.slab.vacant_key()
     }
 
-    /// Queues raw bytes that are not a chat line (telnet replies).
-    pub fn send_raw(&mut self, key: usize, data: Bytes) {
-        self.enqueue(key, data, None, false);
+    pub fn insert(&mut self, conn: Connection) -> usize {
+        self.slab.insert(conn)
+    }
+
+    /// Takes a connection out for good, with its unsent bytes off the count.
+    pub fn remove(&mut self, key: usize) -> Option<Connection> {
+        let conn = self.slab.try_remove(key)?;
+        self.queued_bytes -= conn.out.pending();
+        Some(conn)
+    }
+
+    pub fn get(&self, key: usize) -> Option<&Connection> {
+        self.slab.get(key)
+    }
+
+    pub fn get_mut(&mut self, key: usize) -> Option<&mut Connection> {
+        self.slab.get_mut(key)
+    }
+
+    pub fn len(&self) -> usize {
+        self.slab.len()
+    }
+
+    pub fn keys(&self) -> Vec<usize> {
+        self.slab.iter().map(|(key, _)| key).collect()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (usize, &Connection)> {
+        self.slab.iter()
+    }
+
+    pub fn queued_bytes(&self) -> usize {
+        self.queued_bytes
+    }
+
+    pub fn peak_queue(&self) -> usize {
+        self.peak_queue
+    }
+
+    /// Whether any list holds work for this turn.
+    pub fn has_work(&self) -> bool {
+        !self.read_list.is_empty() || !self.flush_list.is_empty() || !self.close_list.is_empty()
+    }
+
+    /// From now on the cap no longer applies (the shutdown notice).
+    pub fn ignore_cap(&mut self) {
+        self.ignore_cap = true;
+    }
+
+    /// Puts a connection on the list to read this turn, once.
+    pub fn schedule_read(&mut self, key: usize) {
+        if let Some(conn) = self.slab.get_mut(key) {
+            if !conn.in_read_list {
+                conn.in_read_list = true;
+                self.read_list.push(key);
+            }
+        }
+    }
+
+    /// The connections to read this turn; each is off the list from now on.
+    pub fn take_read_list(&mut self) -> Vec<usize> {
+        let list = std::mem::take(&mut self.read_list);
+        for &key in &list {
+            if let Some(conn) = self.slab.get_mut(key) {
+                conn.in_read_list = false;
+            }
+        }
+        list
     }
 
     pub fn schedule_flush(&mut self, key: usize) {
@@ -86,10 +186,92 @@ impl Connections {
         }
     }
 
+    /// The next connection to flush; it is off the list from now on, so
+    /// output queued for it later puts it back.
+    pub fn next_to_flush(&mut self) -> Option<usize> {
+        loop {
+            let key = self.flush_list.pop_front()?;
+            if let Some(conn) = self.slab.get_mut(key) {
+                conn.in_flush_list = false;
+                return Some(key);
+            }
+        }
+    }
+
+    pub fn schedule_close(&mut self, key: usize) {
+        self.close_list.push(key);
+    }
+
+    pub fn take_close_list(&mut self) -> Vec<usize> {
+        std::mem::take(&mut self.close_list)
+    }
+
+    /// Writes what the socket takes of one connection's queue, appending the
+    /// receipts of lines that left whole to `written`.
+    pub fn write(
+        &mut self,
+        key: usize,
+        written: &mut Vec<ReceiptTag>,
+    ) -> Option<io::Result<Flushed>> {
+        let conn = self.slab.get_mut(key)?;
+        let before = conn.out.pending();
+        let result = conn.out.write_to(&mut conn.stream, written);
+        let sent = before - conn.out.pending();
+        self.queued_bytes -= sent;
+        conn.session
+            .output_written(sent, conn.out.is_empty(), self.now);
+        Some(result)
+    }
+
+    /// Lines refused for a full queue since the client was last told, once
+    /// the queue has drained enough for the notice to get through.
+    pub fn take_skipped_to_report(&mut self, key: usize) -> Option<u64> {
+        let conn = self.slab.get_mut(key)?;
+        let ready = conn.session.phase() == Phase::Open
+            && conn.out.skipped() > 0
+            && conn.out.has_drained_below_half();
+        ready.then(|| conn.out.take_skipped())
+    }
+
+    /// The receipts of lines that will now never be written.
+    pub fn discard_output(&mut self, key: usize) -> Vec<ReceiptTag> {
+        let Some(conn) = self.slab.get_mut(key) else {
+            return Vec::new();
+        };
+        self.queued_bytes -= conn.out.pending();
+        conn.out.discard()
+    }
+
+    /// Queues `data` on one connection, honouring its cap, and keeps the
+    /// byte accounting.
+    fn enqueue(&mut self, key: usize, data: Bytes, receipt: Option<ReceiptTag>) -> Sent {
+        let Some(conn) = self.slab.get_mut(key) else {
+            return Sent::Skipped;
+        };
+        if conn.session.phase() == Phase::Dead {
+            return Sent::Skipped;
+        }
+        let was_empty = conn.out.is_empty();
+        let len = data.len();
+        if !conn.out.push(data, receipt, self.ignore_cap) {
+            return Sent::Skipped;
+        }
+        conn.session.output_queued(was_empty, self.now);
+        self.queued_bytes += len;
+        self.peak_queue = self.peak_queue.max(conn.out.pending());
+        Self::mark_for_flush(&mut self.flush_list, key, conn);
+        Sent::Queued
+    }
+
+    /// Queues raw bytes that are not a chat line (telnet replies).
+    pub fn send_raw(&mut self, key: usize, data: Bytes) {
+        self.enqueue(key, data, None);
+    }
+
     /// Ends a connection now: it is closed at the end of this turn.
     pub fn kill(&mut self, key: usize, cause: CloseCause) {
         if let Some(conn) = self.slab.get_mut(key) {
-            conn.end(Phase::Dead, cause);
+            conn.session.end(Phase::Dead, cause);
             self.close_list.push(key);
         }
     }
@@ -97,40 +279,41 @@ impl Connections {
     /// Ends a connection once its output has drained.
     pub fn close_after_flush(&mut self, key: usize, cause: CloseCause) {
         if let Some(conn) = self.slab.get_mut(key) {
-            conn.end(Phase::Closing, cause);
+            conn.session.end(Phase::Closing, cause);
             Self::mark_for_flush(&mut self.flush_list, key, conn);
         }
     }
 
-    fn mark_for_flush(flush_list: &mut Vec<usize>, key: usize, conn: &mut Connection) {
+    fn mark_for_flush(flush_list: &mut VecDeque<usize>, key: usize, conn: &mut Connection) {
         if !conn.in_flush_list {
             conn.in_flush_list = true;
-            flush_list.push(key);
+            flush_list.push_back(key);
         }
     }
 }
 
 impl Outbox for Connections {
     fn send(&mut self, to: ClientId, line: Bytes, receipt: Option<ReceiptTag>) -> Sent {
-        self.enqueue(to.0, line, receipt, self.ignore_cap)
+        self.enqueue(to.0, line, receipt)
     }
 
     fn send_lines(&mut self, to: ClientId, lines: Bytes) {
-        let fits = self.slab.get(to.0).is_some_and(|conn| {
-            self.ignore_cap || conn.out.has_room_for(lines.len(), self.max_outbuf)
-        });
+        let fits = self
+            .slab
+            .get(to.0)
+            .is_some_and(|conn| self.ignore_cap || conn.out.has_room_for(lines.len()));
         if fits {
-            self.enqueue(to.0, lines, None, self.ignore_cap);
+            self.enqueue(to.0, lines, None);
             return;
         }
         // Too much for what is left under the cap: as many whole lines as
         // fit, each line that does not is counted as skipped.
         for line in split_lines(lines) {
-            self.enqueue(to.0, line, None, self.ignore_cap);
+            self.enqueue(to.0, line, None);
         }
     }
 
-    fn close(&mut self, to: ClientId) {
-        self.close_after_flush(to.0, CloseCause::ClosedByChat);
+    fn close(&mut self, to: ClientId, why: Close) {
+        self.close_after_flush(to.0, CloseCause::Chat(why));
     }
 }

@@ -1,6 +1,11 @@
 //! Handles for steering and watching a running server from other threads.
 
-use super::*;
+use std::io;
+use std::sync::{Arc, Mutex};
+
+use mio::Waker;
+
+use crate::chat::ChatStats;
 
 /// Asks a running server, from another thread, for an orderly shutdown, as
 /// SIGTERM would.

@@ -5,49 +5,74 @@
 //! once, then close what must close. Closing last means a freed slab key can
 //! never receive a stale event from the same turn.
 
-mod accept;
+mod acceptor;
+mod admission;
 mod closing;
-mod connection;
 mod connections;
 mod control;
-mod deadlines;
 mod fd_limit;
 mod input;
 pub mod out_queue;
 mod output;
 mod rate;
+mod session;
 mod shutdown;
+mod timeouts;
 mod timers;
 
 pub use control::{ServerStats, ShutdownHandle, StatsHandle, Stopped};
 
 use std::fmt;
-use std::io::{self, Read};
-use std::net::{Shutdown, SocketAddr};
+use std::io;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use log::{debug, info, warn};
-use mio::net::{TcpListener, TcpStream};
+use log::{info, warn};
 use mio::{Events, Interest, Poll, Token, Waker};
-use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 
-use crate::chat::{Admission, Chat, ChatConfig, ChatStats, ClientId, ReceiptTag};
-use crate::line::Decoded;
+use crate::chat::{Chat, ChatConfig};
 use crate::Config;
-use connection::{CloseCause, Connection, Phase};
+use acceptor::Acceptor;
 use connections::Connections;
-use out_queue::Flushed;
 use rate::RateLimit;
-use timers::{Timer, TimerKind, Timers};
+use session::Rules;
+use shutdown::{ShutdownState, SHUTDOWN_SIGNALS};
+use timers::Timers;
 
-const LISTENER: Token = Token(0);
-const SIGNALS: Token = Token(1);
-const WAKER: Token = Token(2);
-/// Client tokens are their slab key plus this offset.
-const FIRST_CLIENT: usize = 3;
+/// What a poll token stands for. Tokens below `FIRST_CLIENT` are the
+/// server's own sockets, one each; clients take the rest. New socket kinds
+/// (a metrics listener, a cluster link) get a fixed token from the reserved
+/// range and a variant here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    Listener,
+    Signals,
+    Waker,
+    Client(usize),
+}
+
+impl Source {
+    const LISTENER: Token = Token(0);
+    const SIGNALS: Token = Token(1);
+    const WAKER: Token = Token(2);
+    /// Tokens 3 to 15 are reserved for the server's own sockets to come.
+    const FIRST_CLIENT: usize = 16;
+
+    fn of(token: Token) -> Option<Source> {
+        match token {
+            Self::LISTENER => Some(Source::Listener),
+            Self::SIGNALS => Some(Source::Signals),
+            Self::WAKER => Some(Source::Waker),
+            Token(n) => n.checked_sub(Self::FIRST_CLIENT).map(Source::Client),
+        }
+    }
+
+    fn client_token(key: usize) -> Token {
+        Token(key + Self::FIRST_CLIENT)
+    }
+}
 
 /// Bytes read from one connection per loop turn, so a flooder cannot starve
 /// the others; what is left is read next turn.
@@ -57,19 +82,9 @@ const READ_CHUNK: usize = 16 * 1024;
 /// Connections accepted per loop turn, so a connect storm cannot starve
 /// clients already in.
 const ACCEPT_BUDGET: usize = 256;
-/// Connections the kernel may hold for us to accept (capped by
-/// `net.core.somaxconn`, itself 4096 by default). mio listens with std's
-/// 128: a reconnect storm overflows that between two loop turns, and every
-/// dropped SYN costs its client a one-second retransmit.
-const LISTEN_BACKLOG: libc::c_int = 4096;
-/// How long accepting pauses after running out of file descriptors (a
-/// close resumes it sooner).
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Descriptors the process needs besides clients: listener, poller, signal
 /// pipe, waker, standard streams.
 const RESERVED_DESCRIPTORS: u64 = 16;
-/// Flush passes per turn: flushing reports receipts, which queue more output.
-const FLUSH_ROUNDS: usize = 4;
 
 /// Why the server could not start.
 #[derive(Debug)]
@@ -96,29 +111,27 @@ impl fmt::Display for StartError {
 impl std::error::Error for StartError {}
 
 /// The daemon: bind first (so the caller learns the address), then run.
+///
+/// Each part owns its state and is reached through its own small API: the
+/// acceptor (listener, back-off, counters), the connections (slab, per-turn
+/// lists, byte accounting), the shutdown state, the timers, and the chat.
 pub struct Server {
-    config: Config,
     poll: Poll,
-    listener: Option<TcpListener>,
-    local_addr: SocketAddr,
     signals: Signals,
     waker: Arc<Waker>,
-    chat: Chat,
+    acceptor: Acceptor,
     conns: Connections,
-    /// Connections whose readiness has not been used up.
-    read_list: Vec<usize>,
+    chat: Chat,
+    rules: Rules,
     timers: Timers,
-    rate_limit: RateLimit,
-    accept_ready: bool,
-    /// Out of descriptors: wait for a close or the retry timer.
-    accept_paused: bool,
-    last_descriptor_warning: Option<Instant>,
-    shutdown_started: Option<Instant>,
-    shutdown_expired: bool,
+    shutdown: ShutdownState,
+    /// A second signal arrived: stop without waiting for output.
     exit_now: bool,
-    scratch: Box<[u8]>,
-    accepted: u64,
     next_serial: u64,
+    /// Limits the start-up check compares with the descriptor limit.
+    wanted_descriptors: u64,
+    max_outbuf: usize,
+    scratch: Box<[u8]>,
     published: Option<Arc<Mutex<ServerStats>>>,
 }
 
@@ -127,49 +140,48 @@ impl Server {
     pub fn bind(config: Config) -> Result<Server, StartError> {
         let setup = |what| move |source| StartError::Setup { what, source };
         let poll = Poll::new().map_err(setup("the poller"))?;
-        let mut listener =
-            TcpListener::bind(config.listen).map_err(|source| StartError::Listen {
-                addr: config.listen,
-                source,
+        let acceptor =
+            Acceptor::bind(config.listen, poll.registry(), Source::LISTENER).map_err(|source| {
+                StartError::Listen {
+                    addr: config.listen,
+                    source,
+                }
             })?;
-        accept::widen_backlog(&listener);
-        let local_addr = listener.local_addr().map_err(setup("the listener"))?;
+        let mut signals = Signals::new(SHUTDOWN_SIGNALS).map_err(setup("signal handling"))?;
         poll.registry()
-            .register(&mut listener, LISTENER, Interest::READABLE)
-            .map_err(setup("the listener"))?;
-        let mut signals = Signals::new([SIGINT, SIGTERM]).map_err(setup("signal handling"))?;
-        poll.registry()
-            .register(&mut signals, SIGNALS, Interest::READABLE)
+            .register(&mut signals, Source::SIGNALS, Interest::READABLE)
             .map_err(setup("signal handling"))?;
-        let waker = Arc::new(Waker::new(poll.registry(), WAKER).map_err(setup("the waker"))?);
+        let waker =
+            Arc::new(Waker::new(poll.registry(), Source::WAKER).map_err(setup("the waker"))?);
+        let rules = Rules {
+            idle_timeout: Some(config.idle_timeout).filter(|timeout| !timeout.is_zero()),
+            write_timeout: config.write_timeout,
+            rate: RateLimit::new(config.rate, config.burst),
+            max_line: config.max_line,
+        };
         Ok(Server {
-            chat: Chat::new(ChatConfig::from_config(&config)),
-            conns: Connections::new(config.max_outbuf),
-            rate_limit: RateLimit::new(config.rate, config.burst),
-            config,
             poll,
-            listener: Some(listener),
-            local_addr,
             signals,
             waker,
-            read_list: Vec::new(),
+            acceptor,
+            conns: Connections::new(Instant::now()),
+            chat: Chat::new(chat_config(&config)),
+            rules,
             timers: Timers::default(),
-            accept_ready: true,
-            accept_paused: false,
-            last_descriptor_warning: None,
-            shutdown_started: None,
-            shutdown_expired: false,
+            shutdown: ShutdownState::new(config.shutdown_grace),
             exit_now: false,
-            scratch: vec![0; READ_CHUNK].into_boxed_slice(),
-            accepted: 0,
             next_serial: 0,
+            wanted_descriptors: (config.max_clients + config.max_waiting) as u64
+                + RESERVED_DESCRIPTORS,
+            max_outbuf: config.max_outbuf,
+            scratch: vec![0; READ_CHUNK].into_boxed_slice(),
             published: None,
         })
     }
 
     /// The address actually bound (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
+        self.acceptor.local_addr()
     }
 
     pub fn shutdown_handle(&self) -> ShutdownHandle {
@@ -191,8 +203,13 @@ impl Server {
 
     /// Serves until a shutdown completes. Returns an error only if the
     /// poller itself fails.
+    ///
+    /// Each loop turn: collect readiness, accept, read and hand lines to the
+    /// chat (which only queues output), flush every connection that got
+    /// output, then close what must close. Closing last means a freed slab
+    /// key can never receive a stale event from the same turn.
     pub fn run(mut self) -> io::Result<Stopped> {
-        info!("listening on {}", self.local_addr);
+        info!("listening on {}", self.local_addr());
         self.check_descriptor_limit();
         let mut events = Events::with_capacity(1024);
         loop {
@@ -204,32 +221,27 @@ impl Server {
                 Err(err) => return Err(err),
             }
             let now = Instant::now();
-            self.conns.now = now;
+            self.conns.start_turn(now);
             for event in events.iter() {
-                match event.token() {
-                    LISTENER => self.accept_ready = true,
-                    SIGNALS => self.on_signals(now),
-                    WAKER => self.begin_shutdown(now),
-                    Token(token) => {
-                        let key = token - FIRST_CLIENT;
-                        let Some(conn) = self.conns.slab.get_mut(key) else {
-                            continue;
-                        };
+                match Source::of(event.token()) {
+                    Some(Source::Listener) => self.acceptor.on_readable(),
+                    Some(Source::Signals) => self.on_signals(now),
+                    Some(Source::Waker) => self.begin_shutdown(now),
+                    Some(Source::Client(key)) => {
                         if event.is_readable() || event.is_read_closed() || event.is_error() {
-                            conn.read_ready = true;
-                            if !conn.in_read_list {
-                                conn.in_read_list = true;
-                                self.read_list.push(key);
+                            if let Some(conn) = self.conns.get_mut(key) {
+                                conn.read_ready = true;
                             }
+                            self.conns.schedule_read(key);
                         }
                         if event.is_writable() || event.is_write_closed() {
                             self.conns.schedule_flush(key);
                         }
                     }
+                    None => {}
                 }
             }
             if self.exit_now {
-                info!("second signal: exiting at once");
                 return Ok(Stopped::Forced);
             }
             self.fire_timers(now);
@@ -252,12 +264,12 @@ impl Server {
             return;
         };
         let stats = ServerStats {
-            connections: self.conns.slab.len(),
+            connections: self.conns.len(),
             chat: self.chat.stats(),
             timers: self.timers.len(),
-            queued_bytes: self.conns.queued_bytes,
-            peak_queue: self.conns.peak_queue,
-            accepted: self.accepted,
+            queued_bytes: self.conns.queued_bytes(),
+            peak_queue: self.conns.peak_queue(),
+            accepted: self.acceptor.accepted(),
         };
         if let Ok(mut slot) = shared.lock() {
             *slot = stats;
@@ -265,14 +277,51 @@ impl Server {
     }
 
     fn poll_timeout(&self, now: Instant) -> Option<Duration> {
-        let can_accept = self.listener.is_some() && self.accept_ready && !self.accept_paused;
-        let busy = !self.read_list.is_empty()
-            || !self.conns.flush_list.is_empty()
-            || !self.conns.close_list.is_empty()
-            || can_accept;
-        if busy {
+        if self.conns.has_work() || self.acceptor.can_accept() {
             return Some(Duration::ZERO);
         }
-        self.timers.timeout(now)
+        let timers = self.timers.timeout(now);
+        let grace = self
+            .shutdown
+            .poll_timeout()
+            .map(|at| at.saturating_duration_since(now));
+        match (timers, grace) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn check_descriptor_limit(&self) {
+        let limit = match fd_limit::raise_to_hard_limit() {
+            Ok((limit, before)) => {
+                if limit > before {
+                    info!("open-file limit raised from {before} to {limit}");
+                } else {
+                    info!("open-file limit is {limit}");
+                }
+                limit
+            }
+            Err(err) => {
+                warn!("cannot read or raise the open-file limit: {err}");
+                return;
+            }
+        };
+        let wanted = self.wanted_descriptors;
+        if wanted > limit {
+            warn!(
+                "--max-clients + --max-waiting need about {wanted} descriptors but the open-file limit is {limit}: accepting will pause when they run out"
+            );
+        }
+    }
+}
+
+/// The chat's own settings, taken from the daemon's.
+fn chat_config(config: &Config) -> ChatConfig {
+    ChatConfig {
+        max_clients: config.max_clients,
+        max_waiting: config.max_waiting,
+        max_per_ip: config.max_per_ip,
+        max_line: config.max_line,
+        announce_limit: config.announce_limit,
     }
 }

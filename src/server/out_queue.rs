@@ -33,9 +33,10 @@ pub enum Flushed {
 /// `front_written`; `front_written` is less than the front entry's length
 /// (a fully written entry is popped at once); an empty queue owns no heap
 /// memory, because most connections are idle most of the time.
-#[derive(Default)]
 pub struct OutQueue {
     entries: VecDeque<Entry>,
+    /// Bytes the queue may hold before lines are skipped.
+    limit: usize,
     front_written: usize,
     pending: usize,
     /// Lines refused by `push` since the client was last told about them.
@@ -43,17 +44,22 @@ pub struct OutQueue {
 }
 
 impl OutQueue {
-    /// Queues `data` unless that would take the queue past `cap` bytes; a
-    /// refused line is counted as skipped. `force` bypasses the cap for the
-    /// few lines that must arrive (the shutdown notice).
-    pub fn push(
-        &mut self,
-        data: Bytes,
-        receipt: Option<ReceiptTag>,
-        cap: usize,
-        force: bool,
-    ) -> bool {
-        if !force && !self.has_room_for(data.len(), cap) {
+    /// An empty queue holding at most `limit` bytes.
+    pub fn new(limit: usize) -> Self {
+        OutQueue {
+            entries: VecDeque::new(),
+            limit,
+            front_written: 0,
+            pending: 0,
+            skipped: 0,
+        }
+    }
+
+    /// Queues `data` unless that would take the queue past its limit; a
+    /// refused line is counted as skipped. `force` bypasses the limit for
+    /// the few lines that must arrive (the shutdown notice).
+    pub fn push(&mut self, data: Bytes, receipt: Option<ReceiptTag>, force: bool) -> bool {
+        if !force && !self.has_room_for(data.len()) {
             self.skipped += 1;
             return false;
         }
@@ -62,9 +68,16 @@ impl OutQueue {
         true
     }
 
-    /// Whether `len` more bytes stay within `cap`.
-    pub fn has_room_for(&self, len: usize, cap: usize) -> bool {
-        self.pending + len <= cap
+    /// Whether `len` more bytes stay within the limit.
+    pub fn has_room_for(&self, len: usize) -> bool {
+        self.pending.saturating_add(len) <= self.limit
+    }
+
+    /// Whether the queue has drained far enough below its limit that the
+    /// client can be told about skipped lines without the notice itself
+    /// being skipped.
+    pub fn has_drained_below_half(&self) -> bool {
+        self.pending < self.limit / 2
     }
 
     /// Bytes queued and not yet written.
@@ -149,7 +162,11 @@ impl OutQueue {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    const LIMIT: usize = 1 << 20;
 
     /// A socket stand-in that takes at most `budget` bytes, then blocks.
     struct Trickle {
@@ -193,9 +210,9 @@ mod tests {
 
     #[test]
     fn many_lines_leave_in_one_write() {
-        let mut queue = OutQueue::default();
+        let mut queue = OutQueue::new(LIMIT);
         for i in 0..10 {
-            assert!(queue.push(Bytes::from(format!("line {i}\r\n")), None, 1000, false));
+            assert!(queue.push(Bytes::from(format!("line {i}\r\n")), None, false));
         }
         let mut sink = trickle(usize::MAX);
         assert_eq!(
@@ -209,19 +226,9 @@ mod tests {
 
     #[test]
     fn partial_writes_resume_where_they_stopped_and_report_whole_lines_only() {
-        let mut queue = OutQueue::default();
-        queue.push(
-            Bytes::from_static(b"abc\r\n"),
-            Some(ReceiptTag(1)),
-            100,
-            false,
-        );
-        queue.push(
-            Bytes::from_static(b"def\r\n"),
-            Some(ReceiptTag(2)),
-            100,
-            false,
-        );
+        let mut queue = OutQueue::new(LIMIT);
+        queue.push(Bytes::from_static(b"abc\r\n"), Some(ReceiptTag(1)), false);
+        queue.push(Bytes::from_static(b"def\r\n"), Some(ReceiptTag(2)), false);
         let mut written = Vec::new();
         let mut sink = trickle(7);
         assert_eq!(
@@ -241,11 +248,11 @@ mod tests {
 
     #[test]
     fn the_cap_skips_and_counts_lines_but_force_gets_through() {
-        let mut queue = OutQueue::default();
-        assert!(queue.push(Bytes::from_static(b"12345"), None, 8, false));
-        assert!(!queue.push(Bytes::from_static(b"6789"), None, 8, false));
-        assert!(queue.push(Bytes::from_static(b"abc"), None, 8, false));
-        assert!(queue.push(Bytes::from_static(b"forced"), None, 8, true));
+        let mut queue = OutQueue::new(8);
+        assert!(queue.push(Bytes::from_static(b"12345"), None, false));
+        assert!(!queue.push(Bytes::from_static(b"6789"), None, false));
+        assert!(queue.push(Bytes::from_static(b"abc"), None, false));
+        assert!(queue.push(Bytes::from_static(b"forced"), None, true));
         assert_eq!(queue.skipped(), 1);
         assert_eq!(queue.take_skipped(), 1);
         assert_eq!(queue.skipped(), 0);
@@ -254,20 +261,10 @@ mod tests {
 
     #[test]
     fn discard_returns_unwritten_receipts() {
-        let mut queue = OutQueue::default();
-        queue.push(
-            Bytes::from_static(b"a\r\n"),
-            Some(ReceiptTag(7)),
-            100,
-            false,
-        );
-        queue.push(Bytes::from_static(b"b\r\n"), None, 100, false);
-        queue.push(
-            Bytes::from_static(b"c\r\n"),
-            Some(ReceiptTag(9)),
-            100,
-            false,
-        );
+        let mut queue = OutQueue::new(LIMIT);
+        queue.push(Bytes::from_static(b"a\r\n"), Some(ReceiptTag(7)), false);
+        queue.push(Bytes::from_static(b"b\r\n"), None, false);
+        queue.push(Bytes::from_static(b"c\r\n"), Some(ReceiptTag(9)), false);
         let mut sink = trickle(2);
         let mut written = Vec::new();
         queue.write_to(&mut sink, &mut written).unwrap();
@@ -281,9 +278,9 @@ mod tests {
 
     #[test]
     fn more_lines_than_one_write_takes_are_all_written() {
-        let mut queue = OutQueue::default();
+        let mut queue = OutQueue::new(LIMIT);
         for _ in 0..(MAX_SLICES_PER_WRITE * 3 + 5) {
-            queue.push(Bytes::from_static(b"x\r\n"), None, usize::MAX, false);
+            queue.push(Bytes::from_static(b"x\r\n"), None, false);
         }
         let mut sink = trickle(usize::MAX);
         assert_eq!(
@@ -292,5 +289,82 @@ mod tests {
         );
         assert_eq!(sink.taken.len(), (MAX_SLICES_PER_WRITE * 3 + 5) * 3);
         assert_eq!(sink.calls, 4);
+    }
+
+    /// One step of the model test.
+    #[derive(Debug, Clone)]
+    enum Step {
+        /// Queue this many bytes, with a receipt tag or not.
+        Push { len: usize, tagged: bool },
+        /// Let the socket take at most this many bytes, then block.
+        Write(usize),
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            (1..300usize, any::<bool>()).prop_map(|(len, tagged)| Step::Push { len, tagged }),
+            (0..700usize).prop_map(Step::Write),
+        ]
+    }
+
+    proptest! {
+        /// Against a plain byte vector: whatever the pushes and however the
+        /// socket splits the writes, the bytes come out in order, the queue
+        /// never holds more than its limit unless forced, and every tag of a
+        /// queued line is reported exactly once, written or discarded.
+        #[test]
+        fn the_queue_matches_a_byte_vector_model(
+            steps in proptest::collection::vec(step(), 0..60),
+            limit in 1..2000usize,
+        ) {
+            let mut queue = OutQueue::new(limit);
+            let mut model_pending: Vec<u8> = Vec::new();
+            let mut model_out: Vec<u8> = Vec::new();
+            let mut sink = trickle(0);
+            let mut written = Vec::new();
+            let mut queued_tags = Vec::new();
+            let mut next_byte = 0u8;
+            for (index, step) in steps.into_iter().enumerate() {
+                match step {
+                    Step::Push { len, tagged } => {
+                        let data: Vec<u8> = (0..len)
+                            .map(|_| {
+                                next_byte = next_byte.wrapping_add(1);
+                                next_byte
+                            })
+                            .collect();
+                        let tag = tagged.then_some(ReceiptTag(index));
+                        let fits = model_pending.len() + len <= limit;
+                        prop_assert_eq!(queue.push(Bytes::from(data.clone()), tag, false), fits);
+                        if fits {
+                            model_pending.extend_from_slice(&data);
+                            queued_tags.extend(tag);
+                        }
+                    }
+                    Step::Write(budget) => {
+                        sink.budget = budget;
+                        let before = sink.taken.len();
+                        let flushed = queue.write_to(&mut sink, &mut written).unwrap();
+                        let took = sink.taken.len() - before;
+                        model_out.extend(model_pending.drain(..took));
+                        let expected = if model_pending.is_empty() {
+                            Flushed::Drained
+                        } else {
+                            Flushed::Blocked
+                        };
+                        prop_assert_eq!(flushed, expected);
+                    }
+                }
+                prop_assert_eq!(queue.pending(), model_pending.len());
+                prop_assert!(queue.pending() <= limit);
+                prop_assert_eq!(&sink.taken, &model_out);
+            }
+            let mut reported = written.clone();
+            reported.extend(queue.discard());
+            reported.sort_by_key(|tag| tag.0);
+            queued_tags.sort_by_key(|tag| tag.0);
+            prop_assert_eq!(reported, queued_tags);
+            prop_assert!(queue.is_empty());
+        }
     }
 }

@@ -1,50 +1,55 @@
-//! Writing: one vectored flush per connection per turn, poll interest for
-//! queues that cannot drain, receipts and skip notices.
+//! Writing: flushing every connection that got output this turn, poll
+//! interest for queues that cannot drain, receipts and skip notices.
 
-use super::*;
+use log::{debug, warn};
+use mio::Interest;
+
+use super::out_queue::Flushed;
+use super::session::{CloseCause, Phase};
+use super::{Server, Source};
+use crate::chat::{ClientId, ReceiptTag};
 
 impl Server {
+    /// Flushes until no connection has output queued this turn.
+    ///
+    /// Flushing reports receipts and skip counts to the chat, which answers
+    /// by queueing notices, and those put their connection back on the flush
+    /// list; the loop takes them in the same turn. It ends because what the
+    /// chat queues from `on_written`, `on_lines_skipped` and `on_disconnect`
+    /// carries no receipt tag (notices, leave lines, a welcome): writing it
+    /// reports nothing further. So each connection is flushed at most a few
+    /// times per turn, the second time only for the notices of the first.
     pub(super) fn flush_connections(&mut self) {
         let mut written = Vec::new();
-        for _ in 0..FLUSH_ROUNDS {
-            let list = std::mem::take(&mut self.conns.flush_list);
-            if list.is_empty() {
-                return;
+        while let Some(key) = self.conns.next_to_flush() {
+            self.flush_connection(key, &mut written);
+            for tag in written.drain(..) {
+                self.chat.on_written(&mut self.conns, tag);
             }
-            for key in list {
-                self.flush_connection(key, &mut written);
-                for tag in written.drain(..) {
-                    self.chat.on_written(&mut self.conns, tag);
-                }
-            }
+            self.arm_timer(key);
         }
     }
 
-    pub(super) fn flush_connection(&mut self, key: usize, written: &mut Vec<ReceiptTag>) {
-        let max_outbuf = self.conns.max_outbuf();
-        let now = self.conns.now;
-        let Some(conn) = self.conns.slab.get_mut(key) else {
-            return;
+    fn flush_connection(&mut self, key: usize, written: &mut Vec<ReceiptTag>) {
+        let phase = match self.conns.get(key) {
+            Some(conn) => conn.session.phase(),
+            None => return,
         };
-        conn.in_flush_list = false;
-        if conn.phase == Phase::Dead {
+        if phase == Phase::Dead {
             return;
         }
-        let pending_before = conn.out.pending();
-        let result = conn.out.write_to(&mut conn.stream, written);
-        let sent = pending_before - conn.out.pending();
-        self.conns.queued_bytes -= sent;
-        if sent > 0 {
-            conn.last_output_progress = now;
-        }
-        let wants_writable = match result {
-            Ok(Flushed::Drained) => false,
-            Ok(Flushed::Blocked) => true,
-            Err(err) => {
+        let wants_writable = match self.conns.write(key, written) {
+            None => return,
+            Some(Ok(Flushed::Drained)) => false,
+            Some(Ok(Flushed::Blocked)) => true,
+            Some(Err(err)) => {
                 debug!("client {key}: write failed: {err}");
                 self.end_connection(key, Phase::Dead, CloseCause::Reset);
                 return;
             }
+        };
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
         };
         if wants_writable != conn.wants_writable {
             let interest = if wants_writable {
@@ -52,7 +57,7 @@ impl Server {
             } else {
                 Interest::READABLE
             };
-            let token = Token(key + FIRST_CLIENT);
+            let token = Source::client_token(key);
             if let Err(err) = self
                 .poll
                 .registry()
@@ -64,26 +69,9 @@ impl Server {
             }
             conn.wants_writable = wants_writable;
         }
-        if wants_writable && !conn.stall_timer_armed {
-            conn.stall_timer_armed = true;
-            let serial = conn.serial;
-            self.timers.schedule(
-                conn.last_output_progress + self.config.write_timeout,
-                Timer {
-                    kind: TimerKind::WriteStall,
-                    key,
-                    serial,
-                },
-            );
-        }
-        let drained = conn.out.is_empty();
-        if drained && conn.phase == Phase::Closing {
-            self.conns.close_list.push(key);
-        } else if conn.phase == Phase::Open
-            && conn.out.skipped() > 0
-            && conn.out.pending() < max_outbuf / 2
-        {
-            let skipped = conn.out.take_skipped();
+        if !wants_writable && phase == Phase::Closing {
+            self.conns.schedule_close(key);
+        } else if let Some(skipped) = self.conns.take_skipped_to_report(key) {
             self.chat
                 .on_lines_skipped(&mut self.conns, ClientId(key), skipped);
         }

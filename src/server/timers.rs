@@ -12,21 +12,14 @@ use std::time::{Duration, Instant};
 /// What a deadline is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum TimerKind {
-    /// Check whether a connection has been silent for `--idle-timeout`.
-    Idle,
-    /// Check whether a connection's pending output has moved within
-    /// `--write-timeout`.
-    WriteStall,
-    /// A rate-limited connection may read again.
-    RateResume,
+    /// A connection's session asked to be called back (idle, write stall,
+    /// rate limit); it decides what, if anything, is due.
+    Session,
     /// Accepting paused for lack of descriptors; try again.
     AcceptRetry,
-    /// The shutdown grace period is over.
-    ShutdownGrace,
 }
 
-/// A due timer. `key` and `serial` are meaningless for the server-wide
-/// kinds.
+/// A due timer. `key` and `serial` are meaningless for `AcceptRetry`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Timer {
     pub kind: TimerKind,
@@ -51,13 +44,11 @@ impl Timers {
             .map(|Reverse((at, _))| at.saturating_duration_since(now))
     }
 
-    /// The next timer due at `now`, if any. The caller checks whether it is
-    /// stale.
-    pub fn pop_due(&mut self, now: Instant) -> Option<Timer> {
+    /// The next timer due at `now`, if any, with its deadline. The caller
+    /// checks whether it is stale.
+    pub fn pop_due(&mut self, now: Instant) -> Option<(Instant, Timer)> {
         match self.heap.peek() {
-            Some(Reverse((at, _))) if *at <= now => {
-                self.heap.pop().map(|Reverse((_, timer))| timer)
-            }
+            Some(Reverse((at, _))) if *at <= now => self.heap.pop().map(|Reverse(entry)| entry),
             _ => None,
         }
     }
@@ -89,20 +80,17 @@ mod tests {
     fn timers_come_due_in_deadline_order() {
         let start = Instant::now();
         let mut timers = Timers::default();
-        timers.schedule(start + Duration::from_secs(3), timer(TimerKind::Idle, 3));
-        timers.schedule(
-            start + Duration::from_secs(1),
-            timer(TimerKind::WriteStall, 1),
-        );
+        timers.schedule(start + Duration::from_secs(3), timer(TimerKind::Session, 3));
+        timers.schedule(start + Duration::from_secs(1), timer(TimerKind::Session, 1));
         timers.schedule(
             start + Duration::from_secs(2),
-            timer(TimerKind::RateResume, 2),
+            timer(TimerKind::AcceptRetry, 2),
         );
         assert_eq!(timers.timeout(start), Some(Duration::from_secs(1)));
         assert_eq!(timers.pop_due(start), None);
         let later = start + Duration::from_secs(2);
-        assert_eq!(timers.pop_due(later).map(|t| t.key), Some(1));
-        assert_eq!(timers.pop_due(later).map(|t| t.key), Some(2));
+        assert_eq!(timers.pop_due(later).map(|(_, t)| t.key), Some(1));
+        assert_eq!(timers.pop_due(later).map(|(_, t)| t.key), Some(2));
         assert_eq!(timers.pop_due(later), None);
         assert_eq!(timers.timeout(later), Some(Duration::from_secs(1)));
         assert_eq!(timers.len(), 1);
@@ -118,7 +106,7 @@ mod tests {
         let now = Instant::now();
         let mut timers = Timers::default();
         for key in 0..10 {
-            timers.schedule(now, timer(TimerKind::Idle, key));
+            timers.schedule(now, timer(TimerKind::Session, key));
         }
         timers.retain(|timer| timer.key % 2 == 0);
         assert_eq!(timers.len(), 5);

@@ -3,10 +3,11 @@
 #![allow(dead_code)] // each test binary uses a different part of it
 
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpStream};
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpStream};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+use socket2::{Domain, SockRef, Socket, Type};
 
 use apollonion::{Config, Server, ShutdownHandle, StatsHandle, Stopped};
 
@@ -135,16 +136,24 @@ impl Client {
     /// The next line, without its `\r\n` (which every server line must
     /// have), or `None` at end of stream.
     pub fn read_line(&mut self) -> Option<String> {
+        match self.try_read_line() {
+            Ok(line) => line,
+            Err(err) => panic!("no line within {PATIENCE:?}: {err}"),
+        }
+    }
+
+    /// As `read_line`, but a read timeout is returned, not a panic.
+    fn try_read_line(&mut self) -> io::Result<Option<String>> {
         let mut raw = Vec::new();
         match self.reader.read_until(b'\n', &mut raw) {
-            Ok(0) => None,
+            Ok(0) => Ok(None),
             Ok(_) => {
                 assert!(raw.ends_with(b"\r\n"), "line without CRLF: {raw:?}");
                 raw.truncate(raw.len() - 2);
-                Some(String::from_utf8(raw).expect("server sent UTF-8"))
+                Ok(Some(String::from_utf8(raw).expect("server sent UTF-8")))
             }
-            Err(err) if err.kind() == io::ErrorKind::ConnectionReset => None,
-            Err(err) => panic!("no line within {PATIENCE:?}: {err}"),
+            Err(err) if err.kind() == io::ErrorKind::ConnectionReset => Ok(None),
+            Err(err) => Err(err),
         }
     }
 
@@ -222,13 +231,32 @@ impl Client {
     pub fn expect_closed(&mut self) -> Vec<String> {
         let deadline = Instant::now() + PATIENCE;
         let mut lines = Vec::new();
-        while Instant::now() < deadline {
-            match self.read_line() {
-                Some(line) => lines.push(line),
-                None => return lines,
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            // Each read waits only for what is left of the deadline, so the
+            // deadline, not the read timeout, decides.
+            self.writer.set_read_timeout(Some(left)).unwrap();
+            match self.try_read_line() {
+                Ok(Some(line)) => lines.push(line),
+                Ok(None) => {
+                    self.writer.set_read_timeout(Some(PATIENCE)).unwrap();
+                    return lines;
+                }
+                Err(err)
+                    if matches!(
+                        err.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    break
+                }
+                Err(err) => panic!("reading until the close failed: {err}"),
             }
         }
-        panic!("connection still open; got {lines:?}");
+        panic!("connection still open after {PATIENCE:?}; got {lines:?}");
     }
 
     /// Raw bytes until `count` have arrived.
@@ -256,21 +284,9 @@ impl Client {
 /// the tests that want one, and no TIME_WAIT entries left behind by tests
 /// that open thousands of sockets.
 pub fn set_linger_zero(socket: &TcpStream) {
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: a valid descriptor and a correctly sized, live option value.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&linger as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0, "setsockopt(SO_LINGER)");
+    SockRef::from(socket)
+        .set_linger(Some(Duration::ZERO))
+        .expect("setsockopt(SO_LINGER)");
 }
 
 impl Client {
@@ -286,36 +302,6 @@ impl Client {
     }
 }
 
-fn sockaddr_in(addr: SocketAddrV4) -> libc::sockaddr_in {
-    libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: addr.port().to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(*addr.ip()).to_be(),
-        },
-        sin_zero: [0; 8],
-    }
-}
-
-pub fn set_int_option(
-    socket: &TcpStream,
-    level: libc::c_int,
-    name: libc::c_int,
-    value: libc::c_int,
-) {
-    // SAFETY: a valid descriptor and a correctly sized, live option value.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            level,
-            name,
-            (&value as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0, "setsockopt: {}", std::io::Error::last_os_error());
-}
-
 /// A TCP connection to `server` made by hand, for what std cannot do before
 /// connecting: choosing the source address, and shrinking the receive
 /// buffer (set later, the window already advertised would still let the
@@ -325,33 +311,18 @@ pub fn connect_socket(
     from: Option<Ipv4Addr>,
     rcvbuf: Option<usize>,
 ) -> TcpStream {
-    let SocketAddr::V4(server) = server else {
-        panic!("test servers listen on IPv4 loopback")
-    };
-    // SAFETY: plain socket creation; the descriptor is owned by the
-    // TcpStream at once, so it is closed on every path.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
-    assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
-    // SAFETY: `fd` is a fresh socket that nothing else owns.
-    let stream = unsafe { TcpStream::from_raw_fd(fd) };
+    let socket = Socket::new(Domain::for_address(server), Type::STREAM, None).expect("socket");
     if let Some(size) = rcvbuf {
-        set_int_option(
-            &stream,
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUF,
-            size as libc::c_int,
-        );
+        socket
+            .set_recv_buffer_size(size)
+            .expect("setsockopt(SO_RCVBUF)");
     }
-    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
     if let Some(ip) = from {
-        let local = sockaddr_in(SocketAddrV4::new(ip, 0));
-        // SAFETY: a valid descriptor and a live, correctly sized address.
-        let rc = unsafe { libc::bind(fd, (&local as *const libc::sockaddr_in).cast(), len) };
-        assert_eq!(rc, 0, "bind {ip}: {}", std::io::Error::last_os_error());
+        let local = SocketAddr::from((ip, 0));
+        socket
+            .bind(&local.into())
+            .unwrap_or_else(|err| panic!("bind {ip}: {err}"));
     }
-    let remote = sockaddr_in(server);
-    // SAFETY: as for bind.
-    let rc = unsafe { libc::connect(fd, (&remote as *const libc::sockaddr_in).cast(), len) };
-    assert_eq!(rc, 0, "connect: {}", std::io::Error::last_os_error());
-    stream
+    socket.connect(&server.into()).expect("connect");
+    socket.into()
 }

@@ -205,3 +205,32 @@ impl Drop for Daemon {
         let _ = self.child.wait();
     }
 }
+
+/// Runs the binary with `args` and returns its status, stdout and stderr,
+/// or `None` (after killing it) if it is still running after `limit`: for
+/// invocations that must exit by themselves.
+pub fn run_within(args: &[&str], limit: Duration) -> Option<(ExitStatus, String, String)> {
+    let mut child = command(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn apollonion");
+    let deadline = Instant::now() + limit;
+    while child.try_wait().expect("try_wait").is_none() {
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        // Polling a child process has no event to wait on; this only paces
+        // the loop, the deadline decides.
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let output = child.wait_with_output().expect("collect output");
+    Some((
+        output.status,
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    ))
+}
