@@ -1,0 +1,3 @@
+//! Cluster mode: several servers sharing one chat through Redis (SPEC §4).
+
+pub mod url;
