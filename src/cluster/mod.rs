@@ -1,3 +1,5 @@
 //! Cluster mode: several servers sharing one chat through Redis (SPEC §4).
 
+pub mod link;
+pub mod socket;
 pub mod url;
