@@ -3,3 +3,4 @@
 pub mod link;
 pub mod socket;
 pub mod url;
+pub mod wire;
