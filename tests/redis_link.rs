@@ -11,6 +11,7 @@ use apollonion::cluster::link::{
     SubscriberLink,
 };
 use apollonion::cluster::socket::{ReadStatus, RedisSocket};
+use apollonion::cluster::state::{ClaimOutcome, Cluster, ClusterEvent, ClusterSettings, RequestId};
 use apollonion::cluster::url::RedisUrl;
 use apollonion::cluster::wire::{Envelope, Header, Message, RoomBatch};
 use bytes::Bytes;
@@ -355,4 +356,100 @@ fn redis_restart_closes_the_link_and_a_new_one_works() {
             count: 1
         }
     );
+}
+
+/// Carries a `Cluster`'s requests over a real link until none is left
+/// waiting, as the reactor will; the scripts run in real Redis's Lua.
+fn exchange(lp: &mut Loop, conn: &mut Conn<CommandLink<RequestId>>, cluster: &mut Cluster) {
+    let mut sent = 0;
+    while let Some(request) = cluster.poll_request() {
+        let args: Vec<&[u8]> = request.args.iter().map(|a| a.as_ref()).collect();
+        conn.link.push_command(request.id, &args).unwrap();
+        sent += 1;
+    }
+    for _ in 0..sent {
+        let (id, reply) = lp.reply(conn);
+        assert!(!matches!(reply, Reply::Error(_)), "{reply:?}");
+        cluster.on_reply(id, reply);
+    }
+}
+
+#[test]
+fn cluster_claims_and_guest_blocks_against_real_redis() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let mut lp = Loop::new();
+    let redis_url = url(&redis.url(0));
+    let mut nodes: Vec<(Cluster, Conn<CommandLink<RequestId>>)> = (1..=2)
+        .map(|id| {
+            let mut conn = lp.connect(
+                redis.addr(),
+                CommandLink::new(&redis_url, LinkLimits::default()),
+            );
+            lp.ready(&mut conn);
+            let mut cluster = Cluster::new(ClusterSettings::new("it", id));
+            cluster.link_up(Instant::now());
+            (cluster, conn)
+        })
+        .collect();
+    for (cluster, conn) in &mut nodes {
+        exchange(&mut lp, conn, cluster);
+    }
+    let outcome = |cluster: &mut Cluster| match cluster.poll_event() {
+        Some(ClusterEvent::NickClaim { outcome, .. }) => outcome,
+        other => panic!("expected a claim answer, got {other:?}"),
+    };
+
+    let [(a, a_conn), (b, b_conn)] = nodes.as_mut_slice() else {
+        unreachable!()
+    };
+    a.claim_nick(1, "ada");
+    exchange(&mut lp, a_conn, a);
+    assert_eq!(outcome(a), ClaimOutcome::Granted);
+    b.claim_nick(2, "ada");
+    exchange(&mut lp, b_conn, b);
+    assert_eq!(outcome(b), ClaimOutcome::Taken);
+    // The holder re-claiming (after a reconnect) is granted.
+    a.claim_nick(3, "ada");
+    exchange(&mut lp, a_conn, a);
+    assert_eq!(outcome(a), ClaimOutcome::Granted);
+    // A release by a node that does not hold it frees nothing.
+    b.release_nick("ada");
+    exchange(&mut lp, b_conn, b);
+    b.claim_nick(4, "ada");
+    exchange(&mut lp, b_conn, b);
+    assert_eq!(outcome(b), ClaimOutcome::Taken);
+    a.release_nick("ada");
+    exchange(&mut lp, a_conn, a);
+    b.claim_nick(5, "ada");
+    exchange(&mut lp, b_conn, b);
+    assert_eq!(outcome(b), ClaimOutcome::Granted);
+
+    let ga = a
+        .take_guest_number()
+        .expect("a block was reserved at link up");
+    let gb = b
+        .take_guest_number()
+        .expect("a block was reserved at link up");
+    assert_ne!(ga, gb);
+
+    // The alive key and the node's name set, as Redis holds them.
+    b_conn
+        .link
+        .push_command(0, &[b"PTTL", b"it:alive:1"])
+        .unwrap();
+    b_conn
+        .link
+        .push_command(0, &[b"SMEMBERS", b"it:nicks:2"])
+        .unwrap();
+    b_conn
+        .link
+        .push_command(0, &[b"SMEMBERS", b"it:nicks:1"])
+        .unwrap();
+    let (_, ttl) = lp.reply(b_conn);
+    let ttl = ttl.integer().expect("PTTL answers a number");
+    assert!((1..=10_000).contains(&ttl), "alive key TTL {ttl} ms");
+    assert_eq!(lp.reply(b_conn).1, Reply::Array(vec![bulk(b"ada")]));
+    assert_eq!(lp.reply(b_conn).1, Reply::Array(vec![]));
 }
