@@ -34,7 +34,12 @@ impl Server {
             }
             match conn.stream.read(&mut self.scratch) {
                 Ok(0) => {
-                    self.hang_up(key);
+                    // Text after the last line end is a line; a rate pause
+                    // defers the hang-up to the next read, which sees EOF again.
+                    conn.decoder.finish();
+                    if self.handle_input(key, now) {
+                        self.hang_up(key);
+                    }
                     return;
                 }
                 Ok(n) => {
