@@ -595,7 +595,6 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    const WILL_BINARY: Decoded = Decoded::TelnetReply([IAC, WILL, 0]);
     const DO_BINARY: Decoded = Decoded::TelnetReply([IAC, DO, 0]);
 
     /// Pushes each chunk in turn and drains all events after each push.
@@ -614,11 +613,11 @@ mod tests {
         decode_chunks_all(max_line, &[input])
     }
 
-    /// As `decode_chunks_all`, without the BINARY offers that any CR LF or
+    /// As `decode_chunks_all`, without the BINARY request that any CR LF or
     /// IAC brings, for the tests about what becomes of the text.
     fn decode_chunks(max_line: usize, chunks: &[&[u8]]) -> Vec<Decoded> {
         let mut events = decode_chunks_all(max_line, chunks);
-        events.retain(|event| *event != WILL_BINARY && *event != DO_BINARY);
+        events.retain(|event| *event != DO_BINARY);
         events
     }
 
@@ -864,29 +863,29 @@ mod tests {
     }
 
     #[test]
-    fn a_telnet_line_end_brings_the_binary_offer_after_the_line() {
+    fn a_telnet_line_end_brings_the_binary_request_after_the_line() {
         assert_eq!(
             decode_all(100, b"hi\r\nyo\r\n"),
-            vec![line("hi"), WILL_BINARY, DO_BINARY, line("yo")]
+            vec![line("hi"), DO_BINARY, line("yo")]
         );
         assert_eq!(
             decode_all(100, b"hi\r\0yo\r\0"),
-            vec![line("hi"), WILL_BINARY, DO_BINARY, line("yo")]
+            vec![line("hi"), DO_BINARY, line("yo")]
         );
         // An empty telnet line shows it as well as a full one.
-        assert_eq!(decode_all(100, b"\r\n"), vec![WILL_BINARY, DO_BINARY]);
+        assert_eq!(decode_all(100, b"\r\n"), vec![DO_BINARY]);
     }
 
     #[test]
-    fn an_iac_brings_the_binary_offer_before_the_answer() {
+    fn an_iac_brings_the_binary_request_before_the_answer() {
         assert_eq!(
             decode_all(100, b"\xff\xfd\x01"),
-            vec![WILL_BINARY, DO_BINARY, Decoded::TelnetReply([IAC, WONT, 1])]
+            vec![DO_BINARY, Decoded::TelnetReply([IAC, WONT, 1])]
         );
         // IAC IAC too: only a telnet client escapes a 0xFF byte.
         assert_eq!(
             decode_all(100, b"a\xff\xffb\n"),
-            vec![WILL_BINARY, DO_BINARY, line("a\u{fffd}b")]
+            vec![DO_BINARY, line("a\u{fffd}b")]
         );
     }
 
@@ -897,21 +896,27 @@ mod tests {
     }
 
     #[test]
-    fn the_clients_binary_answers_get_no_reply() {
+    fn the_clients_binary_answer_gets_no_reply() {
+        // In binary mode telnet ends lines with a bare LF.
         assert_eq!(
-            decode_all(
-                100,
-                b"/nick tina\r\n\xff\xfd\x00\xff\xfb\x00\xe6\x9c\xac\r\n"
-            ),
-            vec![line("/nick tina"), WILL_BINARY, DO_BINARY, line("\u{672c}")]
+            decode_all(100, b"/nick tina\r\n\xff\xfb\x00\xe6\x9c\xac\n"),
+            vec![line("/nick tina"), DO_BINARY, line("\u{672c}")]
         );
     }
 
     #[test]
-    fn the_clients_binary_request_is_agreed_to_by_the_offer() {
+    fn the_clients_binary_offer_is_agreed_to_by_the_request() {
         assert_eq!(
-            decode_all(100, b"\xff\xfb\x00\xff\xfd\x00hi\r\n"),
-            vec![WILL_BINARY, DO_BINARY, line("hi")]
+            decode_all(100, b"\xff\xfb\x00hi\r\n"),
+            vec![DO_BINARY, line("hi")]
+        );
+    }
+
+    #[test]
+    fn the_clients_request_for_our_binary_is_granted() {
+        assert_eq!(
+            decode_all(100, b"\xff\xfd\x00hi\r\n"),
+            vec![DO_BINARY, Decoded::TelnetReply([IAC, WILL, 0]), line("hi")]
         );
     }
 
@@ -925,7 +930,6 @@ mod tests {
             decode_all(100, &input),
             vec![
                 line("a"),
-                WILL_BINARY,
                 DO_BINARY,
                 timing_mark.clone(),
                 line("b"),
@@ -937,10 +941,9 @@ mod tests {
 
     #[test]
     fn negotiation_survives_every_split() {
-        let input = b"x\r\n\xff\xf4\xff\xfd\x06\xff\xfd\x00y\r\0";
+        let input = b"x\r\n\xff\xf4\xff\xfd\x06\xff\xfb\x00y\r\0";
         let expected = vec![
             line("x"),
-            WILL_BINARY,
             DO_BINARY,
             Decoded::TelnetReply([IAC, WILL, 6]),
             line("y"),
@@ -955,13 +958,12 @@ mod tests {
     }
 
     #[test]
-    fn an_offer_decided_at_the_end_of_the_input_is_still_pending() {
+    fn a_request_decided_at_the_end_of_the_input_is_still_pending() {
         let mut decoder = LineDecoder::new(100);
         decoder.push(b"hi\r\n");
         assert_eq!(decoder.next(), Some(line("hi")));
-        // No bytes left, but the reactor must still ask for the offer.
+        // No bytes left, but the reactor must still ask for the request.
         assert!(decoder.has_unread_input());
-        assert_eq!(decoder.next(), Some(WILL_BINARY));
         assert_eq!(decoder.next(), Some(DO_BINARY));
         assert!(!decoder.has_unread_input());
         assert_eq!(decoder.next(), None);
@@ -1004,11 +1006,11 @@ mod tests {
         assert_eq!(decode_to_eof(100, b"hi\x1b[3"), (vec![], lines(&["hi"])));
         assert_eq!(
             decode_to_eof(100, b"hi\xff"),
-            (vec![WILL_BINARY, DO_BINARY], lines(&["hi"]))
+            (vec![DO_BINARY], lines(&["hi"]))
         );
         assert_eq!(
             decode_to_eof(100, b"hi\xff\xfa\x18xterm"),
-            (vec![WILL_BINARY, DO_BINARY], lines(&["hi"]))
+            (vec![DO_BINARY], lines(&["hi"]))
         );
     }
 

@@ -110,35 +110,42 @@ fn a_bare_lf_client_never_receives_a_telnet_byte() {
 }
 
 #[test]
-fn a_crlf_client_is_offered_binary_both_ways_once() {
+fn a_crlf_client_is_asked_once_to_send_binary() {
     let server = TestServer::start();
     let mut tina = Client::connect(server.addr);
     tina.expect_prefix("* welcome ");
     // Nothing is offered before the client shows it speaks telnet.
     tina.send_raw(b"/nick tina\r\n");
     tina.expect_bytes(b"* you are now tina\r\n");
-    tina.expect_bytes(&[IAC, WILL, BINARY, IAC, DO, BINARY]);
+    tina.expect_bytes(&[IAC, DO, BINARY]);
 
-    // Telnet's agreement needs no answer, and there is no second offer.
-    tina.send_raw(&[IAC, DO, BINARY, IAC, WILL, BINARY]);
-    tina.send_raw(b"/rooms\r\n");
+    // Telnet's agreement needs no answer, and there is no second request;
+    // in binary mode it ends lines with a bare LF.
+    tina.send_raw(&[IAC, WILL, BINARY]);
+    tina.send_raw(b"/rooms\r\n/rooms\n");
+    tina.expect_bytes(b"* rooms: #lobby (1)\r\n* rooms: #lobby (1)\r\n");
+
+    // Our own side is granted when asked for, once.
+    tina.send_raw(&[IAC, DO, BINARY, IAC, DO, BINARY]);
+    tina.send_raw(b"/rooms\n");
+    tina.expect_bytes(&[IAC, WILL, BINARY]);
     tina.expect_bytes(b"* rooms: #lobby (1)\r\n");
 }
 
 #[test]
-fn a_cr_nul_or_iac_client_is_offered_binary_too() {
+fn a_cr_nul_or_iac_client_is_asked_too() {
     let server = TestServer::start();
     let mut cr_nul = Client::connect(server.addr);
     cr_nul.expect_prefix("* welcome ");
     cr_nul.send_raw(b"/nick crnul\r\0");
     cr_nul.expect_bytes(b"* you are now crnul\r\n");
-    cr_nul.expect_bytes(&[IAC, WILL, BINARY, IAC, DO, BINARY]);
+    cr_nul.expect_bytes(&[IAC, DO, BINARY]);
 
     let mut iac = Client::connect(server.addr);
     iac.expect_prefix("* welcome ");
     // An IAC NOP: no answer of its own, but telnet spoken.
     iac.send_raw(&[IAC, 0xf1]);
-    iac.expect_bytes(&[IAC, WILL, BINARY, IAC, DO, BINARY]);
+    iac.expect_bytes(&[IAC, DO, BINARY]);
 }
 
 #[test]
@@ -148,7 +155,7 @@ fn every_ctrl_c_gets_its_timing_mark_answered() {
     let (mut tina, guest) = server.join();
     tina.send("/nick tina");
     tina.expect_bytes(b"* you are now tina\r\n");
-    tina.expect_bytes(&[IAC, WILL, BINARY, IAC, DO, BINARY]);
+    tina.expect_bytes(&[IAC, DO, BINARY]);
     bob.expect_line(&format!("* {guest} joined #lobby"));
     bob.expect_line(&format!("* {guest} is now known as tina"));
 

@@ -186,13 +186,18 @@ fn telnet_keeps_utf8_intact_and_hears_everything_after_two_ctrl_cs() {
     tina.type_line("/nick tina");
     tina.expect("* you are now tina");
     bob.expect_line(&format!("* {guest} is now known as tina"));
-    // A round trip: the reply comes after the BINARY offer, so once telnet
-    // shows it, telnet has taken the offer.
+    // A round trip: the reply comes after the request to send in BINARY
+    // mode, so once telnet shows it, telnet has switched.
     tina.type_line("/rooms");
     tina.expect("* rooms: #lobby (2)");
 
     tina.type_line(UTF8_LINE);
     bob.expect_line(&format!("tina: {UTF8_LINE}"));
+    // Enter still returns the cursor to the start of the line, so whatever
+    // arrives next starts there too, not where her typing ended. (Telnet
+    // turns the terminal's output processing off, and the echo becomes a
+    // bare LF, when the server sends in BINARY mode.)
+    tina.expect(&format!("{UTF8_LINE}\r\n"));
 
     for round in ["first", "second"] {
         // Ctrl-C: telnet sends IAC IP IAC DO TIMING-MARK and shows nothing

@@ -1,10 +1,15 @@
 //! The decoder's answers to telnet option negotiation (SPEC §2), sans-IO:
 //! it is told what the client sent and says which three bytes go back.
 //!
-//! The server supports two options. BINARY (0), in both directions, because
-//! a telnet client not in binary mode turns bytes inside UTF-8 characters
-//! into its own commands; it is offered as soon as the client shows it speaks
-//! telnet, never to a plain `nc`, whose user would see the bytes. And
+//! The server supports two options. BINARY (0), because a telnet client
+//! that does not send in binary mode turns bytes inside UTF-8 characters
+//! into its own commands: `DO BINARY` is offered as soon as the client shows
+//! it speaks telnet, never to a plain `nc`, whose user would see the bytes.
+//! Our own side (`WILL BINARY`) is granted when a client asks for it but not
+//! offered: the Debian client prints UTF-8 intact without it, and with it
+//! switches its terminal's output processing off, so the echo of Enter
+//! becomes a bare LF and every line after one the user typed starts where
+//! the typing ended. And
 //! TIMING-MARK (6), because after Ctrl-C telnet discards all output until its
 //! `DO TIMING-MARK` is answered, every time. Anything else is refused once
 //! per option: a client waiting for an answer gets one, and a client asking
@@ -47,8 +52,7 @@ impl Side {
 
 /// Replies decided at a moment when another event was being returned; held
 /// as bits so the decoder stays small.
-const PENDING_WILL_BINARY: u8 = 1;
-const PENDING_DO_BINARY: u8 = 2;
+const PENDING_DO_BINARY: u8 = 1;
 
 #[derive(Debug)]
 pub(super) struct Negotiation {
@@ -73,12 +77,8 @@ impl Negotiation {
 
     /// The client sent an IAC or ended a line the telnet way (CR LF, CR
     /// NUL): from now on it can take negotiation bytes without its user
-    /// seeing them, so BINARY is offered both ways, once.
+    /// seeing them, so it is asked, once, to send in BINARY mode.
     pub(super) fn client_speaks_telnet(&mut self) {
-        if self.ours == Side::Off {
-            self.ours = Side::Offered;
-            self.pending |= PENDING_WILL_BINARY;
-        }
         if self.theirs == Side::Off {
             self.theirs = Side::Offered;
             self.pending |= PENDING_DO_BINARY;
@@ -91,10 +91,6 @@ impl Negotiation {
     }
 
     pub(super) fn take_pending(&mut self) -> Option<[u8; 3]> {
-        if self.pending & PENDING_WILL_BINARY != 0 {
-            self.pending &= !PENDING_WILL_BINARY;
-            return Some([IAC, WILL, BINARY]);
-        }
         if self.pending & PENDING_DO_BINARY != 0 {
             self.pending &= !PENDING_DO_BINARY;
             return Some([IAC, DO, BINARY]);
@@ -153,14 +149,11 @@ mod tests {
     }
 
     #[test]
-    fn binary_is_offered_both_ways_once() {
+    fn the_client_is_asked_once_to_send_binary() {
         let mut negotiation = Negotiation::new();
         negotiation.client_speaks_telnet();
         assert!(negotiation.has_pending());
-        assert_eq!(
-            drain(&mut negotiation),
-            vec![[IAC, WILL, BINARY], [IAC, DO, BINARY]]
-        );
+        assert_eq!(drain(&mut negotiation), vec![[IAC, DO, BINARY]]);
         negotiation.client_speaks_telnet();
         assert_eq!(drain(&mut negotiation), NONE);
     }
@@ -170,8 +163,20 @@ mod tests {
         let mut negotiation = Negotiation::new();
         negotiation.client_speaks_telnet();
         drain(&mut negotiation);
-        let requests = [(DO, BINARY), (WILL, BINARY), (DO, BINARY), (WILL, BINARY)];
+        let requests = [(WILL, BINARY), (WILL, BINARY)];
         assert_eq!(answers(&mut negotiation, &requests), NONE);
+    }
+
+    #[test]
+    fn a_clients_request_for_our_binary_is_granted_once() {
+        let mut negotiation = Negotiation::new();
+        negotiation.client_speaks_telnet();
+        drain(&mut negotiation);
+        let requests = [(DO, BINARY), (DO, BINARY)];
+        assert_eq!(
+            answers(&mut negotiation, &requests),
+            vec![[IAC, WILL, BINARY]]
+        );
     }
 
     #[test]
@@ -179,7 +184,7 @@ mod tests {
         let mut negotiation = Negotiation::new();
         negotiation.client_speaks_telnet();
         drain(&mut negotiation);
-        let requests = [(DONT, BINARY), (WONT, BINARY), (DONT, BINARY)];
+        let requests = [(WONT, BINARY), (WONT, BINARY), (DONT, BINARY)];
         assert_eq!(answers(&mut negotiation, &requests), NONE);
     }
 
@@ -200,6 +205,7 @@ mod tests {
         assert_eq!(
             answers(&mut negotiation, &requests),
             vec![
+                [IAC, WILL, BINARY],
                 [IAC, WONT, BINARY],
                 [IAC, WILL, BINARY],
                 [IAC, DONT, BINARY],
@@ -209,15 +215,12 @@ mod tests {
     }
 
     #[test]
-    fn a_client_asking_first_gets_the_offer_as_its_answer() {
-        // The IAC of its request is what shows it speaks telnet.
+    fn a_client_offering_binary_first_gets_the_request_as_its_answer() {
+        // The IAC of its offer is what shows it speaks telnet.
         let mut negotiation = Negotiation::new();
         negotiation.client_speaks_telnet();
-        assert_eq!(answers(&mut negotiation, &[(DO, BINARY)]), NONE);
-        assert_eq!(
-            drain(&mut negotiation),
-            vec![[IAC, WILL, BINARY], [IAC, DO, BINARY]]
-        );
+        assert_eq!(answers(&mut negotiation, &[(WILL, BINARY)]), NONE);
+        assert_eq!(drain(&mut negotiation), vec![[IAC, DO, BINARY]]);
     }
 
     #[test]
