@@ -11,12 +11,14 @@
 //! byte except on plain text, which a fast path copies a word at a time up
 //! to the next special byte:
 //!
-//! 1. telnet: strips `IAC` sequences and produces refusals;
+//! 1. telnet: strips `IAC` sequences and answers negotiation (see
+//!    [`negotiation`]);
 //! 2. line endings: `LF`, `CR LF` and `CR NUL` end a line;
 //! 3. line editing: backspace/DEL, C0 controls and `ESC` sequences are
 //!    applied to the partial line, which is capped at `max_line` bytes;
-//! 4. at the end of a line: UTF-8 repair, C1 removal, trimming and the
-//!    one-off HTTP check.
+//! 4. at the end of a line: UTF-8 repair, removal of C1 controls and of
+//!    the characters that reorder or hide text, trimming and the one-off
+//!    HTTP check.
 //!
 //! All state lives in the struct rather than on the stack, so a sequence cut
 //! by a `push` boundary at any byte decodes exactly as if it had arrived in
@@ -28,6 +30,10 @@
 //! remaining bytes undecoded here instead of in some unbounded event queue.
 
 use std::mem;
+
+mod negotiation;
+
+use negotiation::Negotiation;
 
 /// One thing the decoder found in a client's byte stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,9 +49,9 @@ pub enum Decoded {
     /// The first line of the connection was an HTTP request line (e.g.
     /// `GET / HTTP/1.1`); its text is not returned.
     HttpRequest,
-    /// Three bytes to send back to the client verbatim: a telnet refusal
-    /// `IAC WONT x` (answer to `IAC DO x`) or `IAC DONT x` (answer to
-    /// `IAC WILL x`).
+    /// Three bytes to send back to the client verbatim: a telnet
+    /// negotiation command (`IAC WILL/WONT/DO/DONT x`), an answer or an
+    /// offer.
     TelnetReply([u8; 3]),
 }
 
@@ -97,10 +103,7 @@ pub struct LineDecoder {
     /// longer than `max_line`.
     line: Vec<u8>,
     max_line: usize,
-    /// Answered options, one bit per option byte, so that each is refused at
-    /// most once however often a client asks.
-    refused_do: [u64; 4],
-    refused_will: [u64; 4],
+    negotiation: Negotiation,
     telnet: Telnet,
     escape: Escape,
     /// A CR was seen; what follows decides whether it ends the line.
@@ -109,6 +112,9 @@ pub struct LineDecoder {
     discarding: bool,
     /// A line already produced an event, so the HTTP check is over.
     first_line_done: bool,
+    /// The client half-closed: once the input is used up, the partial line
+    /// is a line.
+    at_eof: bool,
 }
 
 impl LineDecoder {
@@ -122,13 +128,13 @@ impl LineDecoder {
             pos: 0,
             line: Vec::new(),
             max_line,
-            refused_do: [0; 4],
-            refused_will: [0; 4],
+            negotiation: Negotiation::new(),
             telnet: Telnet::Data,
             escape: Escape::Normal,
             pending_cr: false,
             discarding: false,
             first_line_done: false,
+            at_eof: false,
         }
     }
 
@@ -147,10 +153,20 @@ impl LineDecoder {
         self.input.extend_from_slice(input);
     }
 
-    /// True while pushed bytes remain that `next` has not consumed yet.
+    /// The client sent its last byte (EOF): text after the last line end is
+    /// delivered as a line by the following `next` calls, as if a line end
+    /// had followed. An unfinished telnet command or escape sequence is
+    /// dropped.
+    pub fn finish(&mut self) {
+        self.at_eof = true;
+    }
+
+    /// True while `next` may still have something to return without more
+    /// input: pushed bytes not consumed yet, a telnet reply waiting to go
+    /// out, or the last line after [`Self::finish`].
     #[must_use]
     pub fn has_unread_input(&self) -> bool {
-        self.pos < self.input.len()
+        self.pos < self.input.len() || self.negotiation.has_pending() || self.at_eof
     }
 
     /// Bytes currently held (unconsumed raw input + the partial line), for
@@ -161,7 +177,15 @@ impl LineDecoder {
     }
 
     fn decode(&mut self) -> Option<Decoded> {
-        while self.pos < self.input.len() {
+        loop {
+            // Offers are decided while a byte is handled that may return an
+            // event of its own, so they wait here, before the next byte.
+            if let Some(reply) = self.negotiation.take_pending() {
+                return Some(Decoded::TelnetReply(reply));
+            }
+            if self.pos >= self.input.len() {
+                break;
+            }
             if self.telnet == Telnet::Data && self.escape == Escape::Normal && !self.pending_cr {
                 // Fast path: ordinary text needs no per-byte state changes,
                 // so a whole run of it is copied (or skipped) at once.
@@ -185,6 +209,11 @@ impl LineDecoder {
                 return Some(event);
             }
         }
+        if mem::take(&mut self.at_eof) {
+            self.telnet = Telnet::Data;
+            self.pending_cr = false;
+            return self.end_line();
+        }
         None
     }
 
@@ -193,6 +222,7 @@ impl LineDecoder {
             Telnet::Data => {
                 if b == IAC {
                     self.telnet = Telnet::Iac;
+                    self.negotiation.client_speaks_telnet();
                     None
                 } else {
                     self.data_byte(b)
@@ -218,7 +248,9 @@ impl LineDecoder {
             }
             Telnet::Option(command) => {
                 self.telnet = Telnet::Data;
-                self.refuse(command, b)
+                self.negotiation
+                    .answer(command, b)
+                    .map(Decoded::TelnetReply)
             }
             Telnet::Sub => {
                 if b == IAC {
@@ -236,28 +268,11 @@ impl LineDecoder {
         }
     }
 
-    /// We support no telnet options, but a client that asks for one waits for
-    /// an answer, so each request is refused once; answering repeats could be
-    /// abused to make us write without bound.
-    fn refuse(&mut self, command: u8, option: u8) -> Option<Decoded> {
-        let (seen, reply) = match command {
-            DO => (&mut self.refused_do, WONT),
-            WILL => (&mut self.refused_will, DONT),
-            _ => return None,
-        };
-        let word = &mut seen[usize::from(option >> 6)];
-        let bit = 1u64 << (option & 63);
-        if *word & bit != 0 {
-            return None;
-        }
-        *word |= bit;
-        Some(Decoded::TelnetReply([IAC, reply, option]))
-    }
-
     fn data_byte(&mut self, b: u8) -> Option<Decoded> {
         if self.pending_cr {
             self.pending_cr = false;
             if b == b'\n' || b == 0 {
+                self.negotiation.client_speaks_telnet();
                 return self.end_line();
             }
             // A CR that ends nothing is just a control character; it still
@@ -415,10 +430,6 @@ fn is_special(b: u8) -> bool {
 /// Where the next special byte is, eight bytes at a time: plain text is
 /// what the decoder sees most, and a byte-by-byte scan was its hottest loop.
 fn find_special(bytes: &[u8]) -> Option<usize> {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    // Non-zero exactly when some byte of `word` is zero.
-    let has_zero_byte = |word: u64| word.wrapping_sub(ONES) & !word & HIGH;
     let (words, rest) = bytes.as_chunks::<8>();
     for (index, chunk) in words.iter().enumerate() {
         let word = u64::from_le_bytes(*chunk);
@@ -434,6 +445,32 @@ fn find_special(bytes: &[u8]) -> Option<usize> {
     }
     let done = words.len() * 8;
     rest.iter().position(|&b| is_special(b)).map(|at| done + at)
+}
+
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGH: u64 = 0x8080_8080_8080_8080;
+
+/// Non-zero exactly when some byte of `word` is zero.
+fn has_zero_byte(word: u64) -> u64 {
+    word.wrapping_sub(ONES) & !word & HIGH
+}
+
+/// Whether a finished line may hold a character [`clean_line`] removes.
+/// C0 controls and DEL never get this far; every C1 control and 8-bit CSI
+/// is encoded starting with 0xC2, and every character in
+/// [`hides_or_reorders_text`] with 0xE2 or 0xEF. A line without those bytes
+/// (all plain ASCII chat, most other scripts) needs no per-character scan,
+/// and this check runs eight bytes at a time.
+fn may_hold_unwanted(bytes: &[u8]) -> bool {
+    let is_lead = |b: u8| matches!(b, 0xc2 | 0xe2 | 0xef);
+    let (words, rest) = bytes.as_chunks::<8>();
+    words.iter().any(|chunk| {
+        let word = u64::from_le_bytes(*chunk);
+        let c2 = has_zero_byte(word ^ (ONES * 0xc2));
+        let e2 = has_zero_byte(word ^ (ONES * 0xe2));
+        let ef = has_zero_byte(word ^ (ONES * 0xef));
+        c2 | e2 | ef != 0
+    }) || rest.iter().any(|&b| is_lead(b))
 }
 
 /// Removes the last character a terminal would have displayed: a whole UTF-8
@@ -463,18 +500,15 @@ fn erase_last_char(line: &mut Vec<u8>) {
 
 /// Finishes a raw line: repairs UTF-8, removes what survived byte-level
 /// cleaning but is still a control character (C1 controls, 8-bit CSI
-/// sequences), and trims.
+/// sequences) or would reorder or hide text, and trims.
 fn clean_line(raw: Vec<u8>) -> String {
-    // C0 controls and DEL never reach this point, and every C1 control and
-    // 8-bit CSI is encoded starting with 0xC2: a line without that byte
-    // (all plain ASCII chat, for one) needs no per-character scan.
-    let may_hold_c1 = raw.contains(&0xc2);
+    let may_hold_unwanted = may_hold_unwanted(&raw);
     let mut text = match String::from_utf8(raw) {
         Ok(text) => text,
         Err(err) => String::from_utf8_lossy(err.as_bytes()).into_owned(),
     };
-    if may_hold_c1 && text.chars().any(is_unwanted_control) {
-        text = strip_controls(&text);
+    if may_hold_unwanted && text.chars().any(is_unwanted) {
+        text = strip_unwanted(&text);
     }
     let end = text.trim_end().len();
     text.truncate(end);
@@ -489,7 +523,23 @@ fn is_unwanted_control(c: char) -> bool {
     c.is_control() && c != '\t'
 }
 
-fn strip_controls(text: &str) -> String {
+/// Invisible characters that make a line read differently from what it
+/// says: bidirectional embeddings, overrides and isolates (a right-to-left
+/// override shows the rest of the line backwards), zero-width space, word
+/// joiner and the BOM. ZWJ and ZWNJ are not here: emoji sequences and
+/// several scripts need them.
+fn hides_or_reorders_text(c: char) -> bool {
+    matches!(
+        c,
+        '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{200b}' | '\u{2060}' | '\u{feff}'
+    )
+}
+
+fn is_unwanted(c: char) -> bool {
+    is_unwanted_control(c) || hides_or_reorders_text(c)
+}
+
+fn strip_unwanted(text: &str) -> String {
     const CSI: char = '\u{9b}';
     let mut out = String::with_capacity(text.len());
     let mut in_csi = false;
@@ -506,7 +556,7 @@ fn strip_controls(text: &str) -> String {
         }
         if c == CSI {
             in_csi = true;
-        } else if !is_unwanted_control(c) {
+        } else if !is_unwanted(c) {
             out.push(c);
         }
     }
@@ -547,8 +597,10 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    const DO_BINARY: Decoded = Decoded::TelnetReply([IAC, DO, 0]);
+
     /// Pushes each chunk in turn and drains all events after each push.
-    fn decode_chunks(max_line: usize, chunks: &[&[u8]]) -> Vec<Decoded> {
+    fn decode_chunks_all(max_line: usize, chunks: &[&[u8]]) -> Vec<Decoded> {
         let mut decoder = LineDecoder::new(max_line);
         let mut events = Vec::new();
         for chunk in chunks {
@@ -556,6 +608,18 @@ mod tests {
             events.extend(&mut decoder);
             assert!(!decoder.has_unread_input());
         }
+        events
+    }
+
+    fn decode_all(max_line: usize, input: &[u8]) -> Vec<Decoded> {
+        decode_chunks_all(max_line, &[input])
+    }
+
+    /// As `decode_chunks_all`, without the BINARY request that any CR LF or
+    /// IAC brings, for the tests about what becomes of the text.
+    fn decode_chunks(max_line: usize, chunks: &[&[u8]]) -> Vec<Decoded> {
+        let mut events = decode_chunks_all(max_line, chunks);
+        events.retain(|event| *event != DO_BINARY);
         events
     }
 
@@ -798,6 +862,183 @@ mod tests {
         for (input, expected) in cases {
             assert_split_invariant(100, input, &expected);
         }
+    }
+
+    #[test]
+    fn a_telnet_line_end_brings_the_binary_request_after_the_line() {
+        assert_eq!(
+            decode_all(100, b"hi\r\nyo\r\n"),
+            vec![line("hi"), DO_BINARY, line("yo")]
+        );
+        assert_eq!(
+            decode_all(100, b"hi\r\0yo\r\0"),
+            vec![line("hi"), DO_BINARY, line("yo")]
+        );
+        // An empty telnet line shows it as well as a full one.
+        assert_eq!(decode_all(100, b"\r\n"), vec![DO_BINARY]);
+    }
+
+    #[test]
+    fn an_iac_brings_the_binary_request_before_the_answer() {
+        assert_eq!(
+            decode_all(100, b"\xff\xfd\x01"),
+            vec![DO_BINARY, Decoded::TelnetReply([IAC, WONT, 1])]
+        );
+        // IAC IAC too: only a telnet client escapes a 0xFF byte.
+        assert_eq!(
+            decode_all(100, b"a\xff\xffb\n"),
+            vec![DO_BINARY, line("a\u{fffd}b")]
+        );
+    }
+
+    #[test]
+    fn a_bare_lf_client_never_gets_a_negotiation() {
+        let events = decode_all(100, b"hi\nthere\n\n  \nca\rn\r \n\xc3\xa9\n\x1b[1mx\n");
+        assert_eq!(events, lines(&["hi", "there", "can", "\u{e9}", "x"]));
+    }
+
+    #[test]
+    fn the_clients_binary_answer_gets_no_reply() {
+        // In binary mode telnet ends lines with a bare LF.
+        assert_eq!(
+            decode_all(100, b"/nick tina\r\n\xff\xfb\x00\xe6\x9c\xac\n"),
+            vec![line("/nick tina"), DO_BINARY, line("\u{672c}")]
+        );
+    }
+
+    #[test]
+    fn the_clients_binary_offer_is_agreed_to_by_the_request() {
+        assert_eq!(
+            decode_all(100, b"\xff\xfb\x00hi\r\n"),
+            vec![DO_BINARY, line("hi")]
+        );
+    }
+
+    #[test]
+    fn the_clients_request_for_our_binary_is_granted() {
+        assert_eq!(
+            decode_all(100, b"\xff\xfd\x00hi\r\n"),
+            vec![DO_BINARY, Decoded::TelnetReply([IAC, WILL, 0]), line("hi")]
+        );
+    }
+
+    #[test]
+    fn timing_mark_is_answered_after_every_interrupt() {
+        // What telnet sends for Ctrl-C: IAC IP IAC DO TIMING-MARK.
+        let interrupt: &[u8] = b"\xff\xf4\xff\xfd\x06";
+        let input = [b"a\r\n", interrupt, b"b\r\n", interrupt, interrupt].concat();
+        let timing_mark = Decoded::TelnetReply([IAC, WILL, 6]);
+        assert_eq!(
+            decode_all(100, &input),
+            vec![
+                line("a"),
+                DO_BINARY,
+                timing_mark.clone(),
+                line("b"),
+                timing_mark.clone(),
+                timing_mark,
+            ]
+        );
+    }
+
+    #[test]
+    fn negotiation_survives_every_split() {
+        let input = b"x\r\n\xff\xf4\xff\xfd\x06\xff\xfb\x00y\r\0";
+        let expected = vec![
+            line("x"),
+            DO_BINARY,
+            Decoded::TelnetReply([IAC, WILL, 6]),
+            line("y"),
+        ];
+        assert_eq!(decode_all(100, input), expected);
+        for i in 0..=input.len() {
+            for j in i..=input.len() {
+                let pieces = [&input[..i], &input[i..j], &input[j..]];
+                assert_eq!(decode_chunks_all(100, &pieces), expected, "{i} {j}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_request_decided_at_the_end_of_the_input_is_still_pending() {
+        let mut decoder = LineDecoder::new(100);
+        decoder.push(b"hi\r\n");
+        assert_eq!(decoder.next(), Some(line("hi")));
+        // No bytes left, but the reactor must still ask for the request.
+        assert!(decoder.has_unread_input());
+        assert_eq!(decoder.next(), Some(DO_BINARY));
+        assert!(!decoder.has_unread_input());
+        assert_eq!(decoder.next(), None);
+    }
+
+    // ---- end of input ----
+
+    /// Pushes `input`, drains it, then says EOF and drains again.
+    fn decode_to_eof(max_line: usize, input: &[u8]) -> (Vec<Decoded>, Vec<Decoded>) {
+        let mut decoder = LineDecoder::new(max_line);
+        decoder.push(input);
+        let before: Vec<Decoded> = decoder.by_ref().collect();
+        decoder.finish();
+        assert!(decoder.has_unread_input());
+        let after: Vec<Decoded> = decoder.by_ref().collect();
+        assert!(!decoder.has_unread_input());
+        assert_eq!(decoder.buffered_len(), 0);
+        (before, after)
+    }
+
+    #[test]
+    fn text_before_eof_is_a_line() {
+        assert_eq!(decode_to_eof(100, b"hi"), (vec![], lines(&["hi"])));
+        assert_eq!(
+            decode_to_eof(100, b"one\n two "),
+            (lines(&["one"]), lines(&["two"]))
+        );
+    }
+
+    #[test]
+    fn eof_after_a_complete_line_adds_nothing() {
+        assert_eq!(decode_to_eof(100, b"hi\n"), (lines(&["hi"]), vec![]));
+        assert_eq!(decode_to_eof(100, b""), (vec![], vec![]));
+        assert_eq!(decode_to_eof(100, b"hi\n   "), (lines(&["hi"]), vec![]));
+    }
+
+    #[test]
+    fn eof_cuts_off_an_unfinished_sequence_but_not_the_text_before_it() {
+        assert_eq!(decode_to_eof(100, b"hi\r"), (vec![], lines(&["hi"])));
+        assert_eq!(decode_to_eof(100, b"hi\x1b[3"), (vec![], lines(&["hi"])));
+        assert_eq!(
+            decode_to_eof(100, b"hi\xff"),
+            (vec![DO_BINARY], lines(&["hi"]))
+        );
+        assert_eq!(
+            decode_to_eof(100, b"hi\xff\xfa\x18xterm"),
+            (vec![DO_BINARY], lines(&["hi"]))
+        );
+    }
+
+    #[test]
+    fn eof_in_a_too_long_line_adds_nothing() {
+        assert_eq!(
+            decode_to_eof(3, b"abcdef"),
+            (vec![Decoded::TooLong], vec![])
+        );
+    }
+
+    #[test]
+    fn an_http_request_line_before_eof_is_still_recognised() {
+        assert_eq!(
+            decode_to_eof(100, b"GET / HTTP/1.0"),
+            (vec![], vec![Decoded::HttpRequest])
+        );
+    }
+
+    #[test]
+    fn eof_waits_for_unread_input_first() {
+        let mut decoder = LineDecoder::new(100);
+        decoder.push(b"a\nb\nc");
+        decoder.finish();
+        let events: Vec<Decoded> = decoder.by_ref().collect();
+        assert_eq!(events, lines(&["a", "b", "c"]));
     }
 
     // ---- backspace ----
@@ -1080,6 +1321,69 @@ mod tests {
         }
     }
 
+    // ---- text that hides or reorders itself ----
+
+    const HIDDEN: [char; 12] = [
+        '\u{202a}', '\u{202b}', '\u{202c}', '\u{202d}', '\u{202e}', '\u{2066}', '\u{2067}',
+        '\u{2068}', '\u{2069}', '\u{200b}', '\u{2060}', '\u{feff}',
+    ];
+
+    #[test]
+    fn bidi_controls_and_zero_width_characters_are_removed() {
+        for c in HIDDEN {
+            let input = format!("a{c}b{c}\n");
+            assert_eq!(decode(100, input.as_bytes()), lines(&["ab"]), "{c:?}");
+        }
+    }
+
+    #[test]
+    fn a_right_to_left_override_cannot_turn_text_around() {
+        let input = "see \u{202e}gnp.exe\u{202c} now\n";
+        assert_eq!(decode(100, input.as_bytes()), lines(&["see gnp.exe now"]));
+    }
+
+    #[test]
+    fn zwj_and_zwnj_stay() {
+        let technologist = "\u{1f469}\u{200d}\u{1f4bb}";
+        let persian = "\u{645}\u{6cc}\u{200c}\u{62e}\u{648}\u{627}\u{647}\u{645}";
+        for text in [technologist, persian] {
+            assert_eq!(decode(100, format!("{text}\n").as_bytes()), lines(&[text]));
+        }
+    }
+
+    #[test]
+    fn neighbours_of_the_removed_characters_stay() {
+        let text =
+            "a\u{200a}\u{200c}\u{200e}\u{2029}\u{202f}\u{2061}\u{2065}\u{206a}\u{fefe}\u{ff01}b";
+        assert_eq!(decode(100, format!("{text}\n").as_bytes()), lines(&[text]));
+    }
+
+    #[test]
+    fn removal_comes_before_trimming() {
+        assert_eq!(
+            decode(100, "\u{feff} hi \u{200b}\r\n".as_bytes()),
+            lines(&["hi"])
+        );
+        assert_eq!(decode(100, "\u{200b}\u{2060}\n".as_bytes()), vec![]);
+    }
+
+    #[test]
+    fn may_hold_unwanted_agrees_with_a_byte_by_byte_scan() {
+        for lead in [0xc2u8, 0xe2, 0xef] {
+            for len in 0..40 {
+                for at in 0..=len {
+                    let mut bytes: Vec<u8> = (0..len)
+                        .map(|i| [b' ', 0xc1, 0xc3, 0xe1, 0xe3, 0xee, 0xf0, 0xff][i % 8])
+                        .collect();
+                    if at < len {
+                        bytes[at] = lead;
+                    }
+                    assert_eq!(may_hold_unwanted(&bytes), at < len, "{bytes:?}");
+                }
+            }
+        }
+    }
+
     // ---- memory ----
 
     #[test]
@@ -1189,6 +1493,13 @@ mod tests {
             "\u{1f600}".as_bytes(),
             "\u{9b}1;2m".as_bytes(),
             "\u{85}".as_bytes(),
+            "\u{202e}".as_bytes(),
+            "\u{2066}".as_bytes(),
+            "\u{200b}".as_bytes(),
+            "\u{feff}".as_bytes(),
+            "\u{200d}".as_bytes(),
+            b"\xe2\x80",
+            b"\xef\xbb",
             b"GET / HTTP/1.1",
             b"hello",
             b"  ",
@@ -1215,7 +1526,7 @@ mod tests {
             pulls in prop::collection::vec(0usize..3, 8),
             max_line in 1usize..40,
         ) {
-            let whole = decode(max_line, &input);
+            let whole = decode_all(max_line, &input);
 
             let mut cuts: Vec<usize> = cuts.iter().map(|c| c.index(input.len() + 1)).collect();
             cuts.sort_unstable();
@@ -1238,10 +1549,21 @@ mod tests {
         }
 
         #[test]
-        fn output_is_always_clean(input in input_bytes(), max_line in 1usize..64) {
+        fn output_is_always_clean(
+            input in input_bytes(),
+            max_line in 1usize..64,
+            eof in any::<bool>(),
+        ) {
             let mut decoder = LineDecoder::new(max_line);
             decoder.push(&input);
-            for event in &mut decoder {
+            let mut events: Vec<Decoded> = decoder.by_ref().collect();
+            prop_assert!(decoder.buffered_len() <= max_line);
+            if eof {
+                decoder.finish();
+                events.extend(&mut decoder);
+                prop_assert_eq!(decoder.buffered_len(), 0);
+            }
+            for event in events {
                 if let Decoded::Line(text) = event {
                     prop_assert!(!text.is_empty());
                     prop_assert!(text.len() <= max_line, "{:?} longer than {}", text, max_line);
@@ -1250,10 +1572,33 @@ mod tests {
                         "control character in {:?}", text
                     );
                     prop_assert!(!text.contains('\x1b'), "ESC in {:?}", text);
+                    prop_assert!(
+                        !text.chars().any(hides_or_reorders_text),
+                        "hidden or reordering character in {:?}", text
+                    );
                     prop_assert_eq!(text.trim(), text.as_str());
                 }
             }
-            prop_assert!(decoder.buffered_len() <= max_line);
+        }
+
+        #[test]
+        fn a_client_that_never_speaks_telnet_never_gets_a_negotiation(
+            input in input_bytes(),
+            max_line in 1usize..64,
+        ) {
+            // What nc sends: no IAC, and no CR right before LF or NUL.
+            let mut input: Vec<u8> = input.into_iter().filter(|&b| b != IAC).collect();
+            for i in 1..input.len() {
+                if input[i - 1] == b'\r' && matches!(input[i], b'\n' | 0) {
+                    input[i - 1] = b' ';
+                }
+            }
+            let mut decoder = LineDecoder::new(max_line);
+            decoder.push(&input);
+            decoder.finish();
+            for event in decoder {
+                prop_assert!(!matches!(event, Decoded::TelnetReply(_)), "{:?}", event);
+            }
         }
     }
 }

@@ -40,9 +40,14 @@ impl Server {
             }
             match conn.stream.read(&mut self.scratch) {
                 Ok(0) => {
-                    // Output still queued is flushed: a client that
+                    // Text after the last line end is a line; a rate pause
+                    // defers the hang-up to the next read, which sees EOF
+                    // again. Output still queued is flushed: a client that
                     // half-closes (`nc` after end of input) still reads.
-                    self.end_connection(key, Phase::Closing, CloseCause::HungUp);
+                    conn.session.input_ended();
+                    if self.handle_input(key, now) {
+                        self.end_connection(key, Phase::Closing, CloseCause::HungUp);
+                    }
                     return;
                 }
                 Ok(n) => {

@@ -145,6 +145,12 @@ impl Session {
         self.last_input = now;
     }
 
+    /// The peer closed its sending side: what is left without a line end
+    /// becomes the last line.
+    pub fn input_ended(&mut self) {
+        self.decoder.finish();
+    }
+
     /// The next thing decoded from the input, if the rate limit allows.
     pub fn next_input(&mut self, rules: &Rules, now: Instant) -> Input {
         if !self.wants_input() {
@@ -398,7 +404,7 @@ mod tests {
         };
         let start = Instant::now();
         let mut session = Session::new(&rules, start);
-        session.received(b"1\r\n2\r\n3\r\n4\r\n5\r\n", start);
+        session.received(b"1\n2\n3\n4\n5\n", start);
         let (events, next) = drain(&mut session, &rules, start);
         assert_eq!(events, [line("1"), line("2"), line("3")]);
         assert_eq!(next, Input::Paused);
@@ -429,12 +435,20 @@ mod tests {
         };
         let start = Instant::now();
         let mut session = Session::new(&rules, start);
-        // A telnet request, then a line: the request is answered without
-        // spending the one token the line needs.
+        // A telnet request, then a line: the request is answered (and the
+        // IAC makes the server ask for BINARY) without spending the one
+        // token the line needs.
         session.received(&[255, 253, 1], start);
         session.received(b"hello\r\n", start);
         let (events, next) = drain(&mut session, &rules, start);
-        assert_eq!(events, [Decoded::TelnetReply([255, 252, 1]), line("hello")]);
+        assert_eq!(
+            events,
+            [
+                Decoded::TelnetReply([255, 253, 0]),
+                Decoded::TelnetReply([255, 252, 1]),
+                line("hello")
+            ]
+        );
         assert_eq!(next, Input::NeedMore);
     }
 

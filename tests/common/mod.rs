@@ -150,6 +150,7 @@ impl Client {
             Ok(_) => {
                 assert!(raw.ends_with(b"\r\n"), "line without CRLF: {raw:?}");
                 raw.truncate(raw.len() - 2);
+                skip_negotiation(&mut raw);
                 Ok(Some(String::from_utf8(raw).expect("server sent UTF-8")))
             }
             Err(err) if err.kind() == io::ErrorKind::ConnectionReset => Ok(None),
@@ -277,6 +278,20 @@ impl Client {
         set_linger_zero(&socket);
         drop(socket);
         drop(self.reader);
+    }
+}
+
+/// Removes the telnet negotiation (`IAC WILL/WONT/DO/DONT x`) the server
+/// sends a client that ends lines with CR LF, as a telnet client would.
+/// The server's text is UTF-8, which never holds the IAC byte 0xFF.
+pub fn skip_negotiation(raw: &mut Vec<u8>) {
+    const IAC: u8 = 0xff;
+    while let Some(at) = raw.iter().position(|&b| b == IAC) {
+        assert!(
+            raw.len() >= at + 3 && (0xfb..=0xfe).contains(&raw[at + 1]),
+            "IAC that is not a negotiation command: {raw:?}"
+        );
+        raw.drain(at..at + 3);
     }
 }
 
