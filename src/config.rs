@@ -7,6 +7,8 @@ use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
+use crate::cluster::url::RedisUrl;
+
 /// Everything the daemon can be told at start-up. `Default` gives the
 /// documented defaults.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,6 +29,13 @@ pub struct Config {
     pub announce_limit: usize,
     pub shutdown_grace: Duration,
     pub log_level: log::LevelFilter,
+    /// Cluster mode (SPEC §4): the Redis joining the servers; `None` runs
+    /// alone.
+    pub redis: Option<RedisUrl>,
+    /// Prefix of every Redis key and channel, so clusters can share a Redis.
+    pub cluster_name: String,
+    /// A server not heard of for this long is taken as lost.
+    pub node_timeout: Duration,
 }
 
 impl Default for Config {
@@ -45,6 +54,9 @@ impl Default for Config {
             announce_limit: 100,
             shutdown_grace: Duration::from_secs(5),
             log_level: log::LevelFilter::Info,
+            redis: None,
+            cluster_name: "apollonion".to_string(),
+            node_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -210,7 +222,50 @@ pub const FLAGS: &[Flag] = &[
         set: |c, v| parse_level(v).map(|value| c.log_level = value),
         show: |c| c.log_level.to_string().to_lowercase(),
     },
+    Flag {
+        name: "redis",
+        placeholder: "URL",
+        help: "cluster mode: join the servers using this Redis, redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]; none = run alone",
+        set: |c, v| parse_redis(v).map(|value| c.redis = value),
+        show: |c| c.redis.as_ref().map_or("none".into(), RedisUrl::to_string),
+    },
+    Flag {
+        name: "cluster-name",
+        placeholder: "NAME",
+        help: "prefix of the cluster's Redis keys and channels; servers with the same --redis and name form one chat",
+        set: |c, v| parse_cluster_name(v).map(|value| c.cluster_name = value),
+        show: |c| c.cluster_name.clone(),
+    },
+    Flag {
+        name: "node-timeout",
+        placeholder: "SECS",
+        help: "a cluster server not heard of for this long is taken as lost",
+        set: |c, v| parse_seconds(v).map(|value| c.node_timeout = value),
+        show: |c| c.node_timeout.as_secs().to_string(),
+    },
 ];
+
+fn parse_redis(value: &str) -> Result<Option<RedisUrl>, &'static str> {
+    if value.is_empty() || value == "none" {
+        return Ok(None);
+    }
+    value
+        .parse()
+        .map(Some)
+        .map_err(|_| "a URL like redis://[[USER]:PASSWORD@]HOST[:PORT][/DB], or none")
+}
+
+fn parse_cluster_name(value: &str) -> Result<String, &'static str> {
+    let valid = (1..=64).contains(&value.len())
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
+    if valid {
+        Ok(value.to_string())
+    } else {
+        Err("1 to 64 letters, digits, _, - or .")
+    }
+}
 
 fn parse_number<T: TryFrom<u64>>(value: &str) -> Result<T, &'static str> {
     let number: u64 = value.parse().map_err(|_| "a whole number")?;
@@ -348,6 +403,7 @@ impl Config {
         positive("max-clients", self.max_clients as u64)?;
         positive("max-line", self.max_line as u64)?;
         positive("write-timeout", self.write_timeout.as_secs())?;
+        positive("node-timeout", self.node_timeout.as_secs())?;
         if self.rate > 0 {
             positive("burst", u64::from(self.burst))?;
         }
@@ -457,9 +513,11 @@ mod tests {
     fn every_flag_is_settable_from_the_environment() {
         for flag in FLAGS {
             let key = flag.env_name();
-            let changed = ["127.0.0.1:9", "trace", "5000"].iter().any(|value| {
-                parse(&[], &[(key.as_str(), value)]).is_ok_and(|c| c != Config::default())
-            });
+            let changed = ["127.0.0.1:9", "trace", "5000", "redis://127.0.0.1:9"]
+                .iter()
+                .any(|value| {
+                    parse(&[], &[(key.as_str(), value)]).is_ok_and(|c| c != Config::default())
+                });
             assert!(changed, "{key} had no effect");
         }
     }

@@ -96,6 +96,14 @@ pub struct Block {
 }
 
 impl Block {
+    pub fn bytes(&self) -> &Bytes {
+        &self.bytes
+    }
+
+    pub fn line_count(&self) -> u64 {
+        self.segments.len() as u64
+    }
+
     /// Queues each member's share: every line except its own. Returns the
     /// receipts of lines that were skipped for a full queue, which count as
     /// not delivered.

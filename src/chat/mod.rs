@@ -9,6 +9,7 @@
 mod batch;
 mod command;
 mod names;
+mod peers;
 mod receipts;
 mod rooms;
 
@@ -20,6 +21,7 @@ use bytes::Bytes;
 
 use command::Command;
 use names::{NickError, Nicknames};
+pub use peers::{Alone, Claim, ClaimAnswer, Peers, Route, Ticket};
 pub use receipts::ReceiptTag;
 use receipts::{Finished, Origin, Receipts};
 use rooms::{canonical_room_name, RoomId, Rooms, LOBBY};
@@ -57,6 +59,13 @@ pub trait Outbox {
     /// Closes `to` once what is already queued for it has been written.
     /// The chat has already forgotten the client; `why` is for the log.
     fn close(&mut self, to: ClientId, why: Close);
+    /// Stops taking input from `to` until [`release_input`] for it: the
+    /// chat waits for the other servers' answer to its last line, and its
+    /// next lines must not overtake that answer.
+    ///
+    /// [`release_input`]: Outbox::release_input
+    fn hold_input(&mut self, _to: ClientId) {}
+    fn release_input(&mut self, _to: ClientId) {}
 }
 
 /// The lines of a chunk given to [`Outbox::send_lines`], each with its line
@@ -184,8 +193,34 @@ const HELP: &[&str] = &[
     "//TEXT              say a line that starts with /",
 ];
 
-pub struct Chat {
+/// A request to the other servers a client waits for.
+enum Awaited {
+    Nick { new: String },
+    Who,
+    Rooms,
+    Direct { target_nick: String },
+}
+
+struct Waiter {
+    client: ClientId,
+    serial: u64,
+    awaited: Awaited,
+}
+
+/// How a direct message handed to the other servers fared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DirectOutcome {
+    Delivered,
+    Left,
+    TooSlow,
+    NoSuchUser,
+}
+
+pub struct Chat<P: Peers = Alone> {
     config: ChatConfig,
+    peers: P,
+    next_ticket: Ticket,
+    waiters: HashMap<Ticket, Waiter>,
     clients: Vec<Option<Client>>,
     next_serial: u64,
     chatting: usize,
@@ -196,13 +231,24 @@ pub struct Chat {
     /// Rooms whose batch may hold lines of this turn.
     batched_rooms: Vec<RoomId>,
     receipts: Receipts,
+    /// Settled direct messages from other servers, to report back.
+    relayed: Vec<(u64, bool)>,
     shut_down: bool,
 }
 
-impl Chat {
+impl Chat<Alone> {
     pub fn new(config: ChatConfig) -> Self {
+        Chat::with_peers(config, Alone)
+    }
+}
+
+impl<P: Peers> Chat<P> {
+    pub fn with_peers(config: ChatConfig, peers: P) -> Self {
         Chat {
             config,
+            peers,
+            next_ticket: 0,
+            waiters: HashMap::new(),
             clients: Vec::new(),
             next_serial: 0,
             chatting: 0,
@@ -212,6 +258,7 @@ impl Chat {
             rooms: Rooms::default(),
             batched_rooms: Vec::new(),
             receipts: Receipts::default(),
+            relayed: Vec::new(),
             shut_down: false,
         }
     }
@@ -389,7 +436,13 @@ impl Chat {
         self.shut_down = true;
         let notice = notice_line("server shutting down");
         for (index, slot) in self.clients.iter_mut().enumerate() {
-            if slot.take().is_some() {
+            if let Some(client) = slot.take() {
+                if let Some(chatter) = client.chatter {
+                    // The names are free for the other servers' users.
+                    self.peers.release_nick(&chatter.nick.to_ascii_lowercase());
+                    let room = self.rooms.get(chatter.room).name.as_str();
+                    self.peers.member_left(room, &chatter.nick, 0);
+                }
                 let id = ClientId(index);
                 out.send(id, notice.clone(), None);
                 out.close(id, Close::Shutdown);
@@ -418,6 +471,213 @@ impl Chat {
         self.chatter(id).map(|chatter| chatter.nick.as_str())
     }
 
+    pub fn peers(&self) -> &P {
+        &self.peers
+    }
+
+    pub fn peers_mut(&mut self) -> &mut P {
+        &mut self.peers
+    }
+
+    /// Lines said in `room` on another server: every member here gets them,
+    /// after what the room said here before.
+    pub fn on_remote_lines(&mut self, out: &mut impl Outbox, room: &str, lines: Bytes) {
+        let Some(room) = self.rooms.find(room) else {
+            return;
+        };
+        self.flush_room(out, room);
+        for &member in &self.rooms.get(room).members {
+            out.send_lines(member, lines.clone());
+        }
+    }
+
+    /// A direct message from another server for the local user `target`;
+    /// `relay` names it in the report. An outcome known at once is
+    /// returned; otherwise it comes from [`Chat::take_relayed`] once the
+    /// line is written or dropped.
+    pub fn on_remote_direct(
+        &mut self,
+        out: &mut impl Outbox,
+        target: &str,
+        line: Bytes,
+        relay: u64,
+    ) -> Option<DirectOutcome> {
+        let Some(id) = self.nicks.owner(target) else {
+            return Some(DirectOutcome::NoSuchUser);
+        };
+        let tag = self.receipts.open_relayed(relay);
+        if self.deliver(out, id, line, Some(tag)) == Sent::Skipped {
+            self.receipts.cancel(tag);
+            return Some(DirectOutcome::TooSlow);
+        }
+        None
+    }
+
+    /// Relayed direct messages settled since the last call, as `(relay,
+    /// delivered)`, for the transport to report back.
+    pub fn take_relayed(&mut self) -> Vec<(u64, bool)> {
+        std::mem::take(&mut self.relayed)
+    }
+
+    /// The other servers answered the nickname claim `ticket`.
+    pub fn on_nick_claim(&mut self, out: &mut impl Outbox, ticket: Ticket, answer: ClaimAnswer) {
+        let Some((id, Awaited::Nick { new })) = self.take_waiter(out, ticket) else {
+            // Nobody waits for it any more: the client left, and the name
+            // was released with it.
+            return;
+        };
+        let folded = new.to_ascii_lowercase();
+        match answer {
+            ClaimAnswer::Granted => {
+                if self.nicks.owner(&new).is_some_and(|holder| holder != id) {
+                    // A local client took it while the others were asked;
+                    // our node holds the key for that one.
+                    self.deliver(
+                        out,
+                        id,
+                        error_line(format_args!("nickname {new} is taken")),
+                        None,
+                    );
+                    return;
+                }
+                self.apply_rename(out, id, &new);
+            }
+            ClaimAnswer::Taken => {
+                self.deliver(
+                    out,
+                    id,
+                    error_line(format_args!("nickname {new} is taken")),
+                    None,
+                );
+            }
+            ClaimAnswer::Unanswered => {
+                self.peers.release_nick(&folded);
+                self.deliver(
+                    out,
+                    id,
+                    error_line("the other servers did not answer, try again"),
+                    None,
+                );
+            }
+        }
+    }
+
+    /// The member names of a room on every server, for `/who` `ticket`;
+    /// `None` when the others did not answer.
+    pub fn on_member_list(
+        &mut self,
+        out: &mut impl Outbox,
+        ticket: Ticket,
+        names: Option<Vec<String>>,
+    ) {
+        let Some((id, Awaited::Who)) = self.take_waiter(out, ticket) else {
+            return;
+        };
+        match names {
+            Some(mut names) => {
+                let Some(room) = self
+                    .chatter(id)
+                    .map(|c| self.rooms.get(c.room).name.clone())
+                else {
+                    return;
+                };
+                let total = names.len();
+                if total > LIST_LIMIT {
+                    names.select_nth_unstable_by(LIST_LIMIT, |a, b| by_name(a, b));
+                    names.truncate(LIST_LIMIT);
+                }
+                names.sort_unstable_by(|a, b| by_name(a, b));
+                let mut text = format!("in {room}: {}", names.join(", "));
+                if total > LIST_LIMIT {
+                    let _ = write!(text, ", … and {} more", total - LIST_LIMIT);
+                }
+                self.deliver(out, id, notice_line(text), None);
+            }
+            None => self.list_local_members(out, id),
+        }
+    }
+
+    /// Every room and its member count on every server, for `/rooms`
+    /// `ticket`; `None` when the others did not answer.
+    pub fn on_room_list(
+        &mut self,
+        out: &mut impl Outbox,
+        ticket: Ticket,
+        rooms: Option<Vec<(String, usize)>>,
+    ) {
+        let Some((id, Awaited::Rooms)) = self.take_waiter(out, ticket) else {
+            return;
+        };
+        match rooms {
+            Some(mut rooms) => {
+                rooms.sort_unstable();
+                let listing: Vec<(&str, usize)> = rooms
+                    .iter()
+                    .map(|(name, count)| (name.as_str(), *count))
+                    .collect();
+                self.send_room_listing(out, id, &listing);
+            }
+            None => self.list_local_rooms(out, id),
+        }
+    }
+
+    /// What became of a direct message handed to the other servers.
+    pub fn on_direct_report(
+        &mut self,
+        out: &mut impl Outbox,
+        ticket: Ticket,
+        outcome: DirectOutcome,
+    ) {
+        let Some((id, Awaited::Direct { target_nick })) = self.take_waiter(out, ticket) else {
+            return;
+        };
+        let line = match outcome {
+            DirectOutcome::Delivered => notice_line(format_args!("delivered to {target_nick}")),
+            DirectOutcome::Left => error_line(format_args!(
+                "{target_nick} left before your message was delivered"
+            )),
+            DirectOutcome::TooSlow => error_line(format_args!(
+                "{target_nick} is not keeping up, your message was not delivered"
+            )),
+            DirectOutcome::NoSuchUser => error_line(format_args!("no such user: {target_nick}")),
+        };
+        self.deliver(out, id, line, None);
+    }
+
+    fn ticket(&mut self, client: ClientId, awaited: Awaited) -> Option<Ticket> {
+        let serial = self.client(client)?.serial;
+        self.next_ticket += 1;
+        let ticket = self.next_ticket;
+        self.waiters.insert(
+            ticket,
+            Waiter {
+                client,
+                serial,
+                awaited,
+            },
+        );
+        Some(ticket)
+    }
+
+    /// The client still waiting for `ticket`, its input released.
+    fn take_waiter(
+        &mut self,
+        out: &mut impl Outbox,
+        ticket: Ticket,
+    ) -> Option<(ClientId, Awaited)> {
+        let waiter = self.waiters.remove(&ticket)?;
+        let same = self
+            .client(waiter.client)
+            .is_some_and(|client| client.serial == waiter.serial && client.chatter.is_some());
+        if !same {
+            return None;
+        }
+        if !matches!(waiter.awaited, Awaited::Direct { .. }) {
+            out.release_input(waiter.client);
+        }
+        Some((waiter.client, waiter.awaited))
+    }
+
     /// Counts for logs, tests and leak checks.
     pub fn stats(&self) -> ChatStats {
         ChatStats {
@@ -444,8 +704,12 @@ impl Chat {
 
     /// Moves a known client into the chat: guest name, lobby, welcome.
     fn admit(&mut self, out: &mut impl Outbox, id: ClientId) -> String {
-        let nick = self.nicks.claim_guest(id);
-        let (room, slot) = self.enter_room(out, LOBBY, id);
+        let number = self.peers.guest_number();
+        let nick = self.nicks.claim_guest(id, number);
+        if self.peers.spans_servers() {
+            self.peers.claim_nick(0, &nick);
+        }
+        let (room, slot) = self.enter_room(out, LOBBY, id, &nick);
         if let Some(Some(client)) = self.clients.get_mut(id.0) {
             client.chatter = Some(Chatter {
                 nick: nick.clone(),
@@ -456,7 +720,7 @@ impl Chat {
             });
         }
         self.chatting += 1;
-        let here = self.rooms.get(room).members.len();
+        let here = self.room_size(room);
         out.send(
             id,
             notice_line(format_args!(
@@ -489,8 +753,9 @@ impl Chat {
                     id,
                     format_args!("{} left {room_name}{suffix}", chatter.nick),
                 );
-                self.leave_room(out, chatter.room, chatter.slot);
+                self.leave_room(out, chatter.room, chatter.slot, &chatter.nick);
                 self.nicks.release(&chatter.nick);
+                self.peers.release_nick(&chatter.nick.to_ascii_lowercase());
                 self.chatting -= 1;
                 if let Some(next) = self.waiting.pop_front() {
                     self.admit(out, next);
@@ -501,9 +766,21 @@ impl Chat {
 
     /// Hands out what was said in the room before it loses a member, so
     /// that member still gets it and the receipt counts stay exact.
-    fn leave_room(&mut self, out: &mut impl Outbox, room: RoomId, slot: usize) {
+    fn leave_room(&mut self, out: &mut impl Outbox, room: RoomId, slot: usize, nick: &str) {
         self.flush_room(out, room);
-        if let Some(moved) = self.rooms.leave(room, slot) {
+        let name = self
+            .peers
+            .spans_servers()
+            .then(|| self.rooms.get(room).name.clone());
+        let left = self.rooms.leave(room, slot);
+        if let Some(name) = name {
+            let local = self
+                .rooms
+                .find(&name)
+                .map_or(0, |id| self.rooms.get(id).members.len());
+            self.peers.member_left(&name, nick, local);
+        }
+        if let Some(moved) = left {
             if let Some(chatter) = self.chatter_mut(moved.member) {
                 chatter.slot = moved.slot;
             }
@@ -512,11 +789,26 @@ impl Chat {
 
     /// Hands out what was said in the room before a newcomer arrives, who
     /// must not get it.
-    fn enter_room(&mut self, out: &mut impl Outbox, name: &str, id: ClientId) -> (RoomId, usize) {
+    fn enter_room(
+        &mut self,
+        out: &mut impl Outbox,
+        name: &str,
+        id: ClientId,
+        nick: &str,
+    ) -> (RoomId, usize) {
         if let Some(room) = self.rooms.find(name) {
             self.flush_room(out, room);
         }
-        self.rooms.join(name, id)
+        let (room, slot) = self.rooms.join(name, id);
+        let local = self.rooms.get(room).members.len();
+        self.peers.member_joined(name, nick, local);
+        (room, slot)
+    }
+
+    /// Members of a room on every server, as far as known.
+    fn room_size(&self, room: RoomId) -> usize {
+        let room = self.rooms.get(room);
+        room.members.len() + self.peers.remote_members(&room.name)
     }
 
     /// Batches a line for everyone in the sender's room but the sender, with
@@ -549,7 +841,7 @@ impl Chat {
                 );
             }
         }
-        if recipients > 0 {
+        if recipients > 0 || self.peers.spans_servers() {
             if room.batch.is_empty() {
                 self.batched_rooms.push(chatter.room);
             }
@@ -573,8 +865,10 @@ impl Chat {
             return;
         };
         let members = &members_room.members;
-        let nobody_else = members.iter().all(|&member| member == subject);
-        if nobody_else || members.len() > self.config.announce_limit {
+        let spans = self.peers.spans_servers();
+        let nobody_else = !spans && members.iter().all(|&member| member == subject);
+        let size = members.len() + self.peers.remote_members(&members_room.name);
+        if nobody_else || size > self.config.announce_limit {
             return;
         }
         if members_room.batch.is_empty() {
@@ -591,7 +885,10 @@ impl Chat {
         if room.batch.is_empty() {
             return;
         }
-        let skipped = room.batch.take().deliver(&room.members, out);
+        let block = room.batch.take();
+        let skipped = block.deliver(&room.members, out);
+        self.peers
+            .room_batch(&room.name, block.bytes(), block.line_count());
         for tag in skipped {
             self.settle(out, tag, false);
         }
@@ -613,6 +910,35 @@ impl Chat {
     }
 
     fn rename(&mut self, out: &mut impl Outbox, id: ClientId, new: &str) {
+        let Some(old) = self.nick(id) else {
+            return;
+        };
+        let folded = new.to_ascii_lowercase();
+        let free_here =
+            names::is_valid_nick(new) && self.nicks.owner(new).is_none_or(|holder| holder == id);
+        if free_here && self.peers.spans_servers() && old.to_ascii_lowercase() != folded {
+            let Some(ticket) = self.ticket(
+                id,
+                Awaited::Nick {
+                    new: new.to_string(),
+                },
+            ) else {
+                return;
+            };
+            match self.peers.claim_nick(ticket, &folded) {
+                Claim::Granted => {
+                    self.waiters.remove(&ticket);
+                }
+                Claim::Pending => {
+                    out.hold_input(id);
+                    return;
+                }
+            }
+        }
+        self.apply_rename(out, id, new);
+    }
+
+    fn apply_rename(&mut self, out: &mut impl Outbox, id: ClientId, new: &str) {
         let Some(old) = self.nick(id).map(str::to_string) else {
             return;
         };
@@ -639,6 +965,15 @@ impl Chat {
                 };
                 chatter.nick = new.to_string();
                 let room = chatter.room;
+                if !old.eq_ignore_ascii_case(new) {
+                    self.peers.release_nick(&old.to_ascii_lowercase());
+                }
+                if old != new && self.peers.spans_servers() {
+                    let name = self.rooms.get(room).name.clone();
+                    let local = self.rooms.get(room).members.len();
+                    self.peers.member_left(&name, &old, local);
+                    self.peers.member_joined(&name, new, local);
+                }
                 self.deliver(
                     out,
                     id,
@@ -677,14 +1012,14 @@ impl Chat {
         }
         let old_name = self.rooms.get(old_room).name.clone();
         self.announce(old_room, id, format_args!("{nick} left {old_name}"));
-        self.leave_room(out, old_room, old_slot);
-        let (room, slot) = self.enter_room(out, &name, id);
+        self.leave_room(out, old_room, old_slot, &nick);
+        let (room, slot) = self.enter_room(out, &name, id, &nick);
         if let Some(chatter) = self.chatter_mut(id) {
             chatter.room = room;
             chatter.slot = slot;
         }
         self.announce(room, id, format_args!("{nick} joined {name}"));
-        let here = self.rooms.get(room).members.len();
+        let here = self.room_size(room);
         self.deliver(
             out,
             id,
@@ -694,7 +1029,38 @@ impl Chat {
     }
 
     fn list_rooms(&mut self, out: &mut impl Outbox, id: ClientId) {
-        let listing = self.rooms.listing();
+        if self.peers.spans_servers() {
+            if let Some(ticket) = self.ticket(id, Awaited::Rooms) {
+                if self.peers.list_rooms(ticket) {
+                    out.hold_input(id);
+                    return;
+                }
+                self.waiters.remove(&ticket);
+            }
+        }
+        self.list_local_rooms(out, id);
+    }
+
+    fn list_local_rooms(&mut self, out: &mut impl Outbox, id: ClientId) {
+        let listing: Vec<(String, usize)> = self
+            .rooms
+            .listing()
+            .into_iter()
+            .map(|(name, count)| (name.to_string(), count))
+            .collect();
+        let listing: Vec<(&str, usize)> = listing
+            .iter()
+            .map(|(name, count)| (name.as_str(), *count))
+            .collect();
+        self.send_room_listing(out, id, &listing);
+    }
+
+    fn send_room_listing(
+        &mut self,
+        out: &mut impl Outbox,
+        id: ClientId,
+        listing: &[(&str, usize)],
+    ) {
         let mut text = String::from("rooms: ");
         for (index, (name, count)) in listing.iter().take(LIST_LIMIT).enumerate() {
             if index > 0 {
@@ -709,6 +1075,23 @@ impl Chat {
     }
 
     fn list_members(&mut self, out: &mut impl Outbox, id: ClientId) {
+        let Some(chatter) = self.chatter(id) else {
+            return;
+        };
+        if self.peers.spans_servers() {
+            let room = self.rooms.get(chatter.room).name.clone();
+            if let Some(ticket) = self.ticket(id, Awaited::Who) {
+                if self.peers.list_members(ticket, &room) {
+                    out.hold_input(id);
+                    return;
+                }
+                self.waiters.remove(&ticket);
+            }
+        }
+        self.list_local_members(out, id);
+    }
+
+    fn list_local_members(&mut self, out: &mut impl Outbox, id: ClientId) {
         let Some(chatter) = self.chatter(id) else {
             return;
         };
@@ -734,6 +1117,21 @@ impl Chat {
 
     fn direct_message(&mut self, out: &mut impl Outbox, id: ClientId, to: &str, text: &str) {
         let Some(target) = self.nicks.owner(to) else {
+            if self.peers.spans_servers() && names::is_valid_nick(to) {
+                if let Some(nick) = self.nick(id) {
+                    let line = text_line(format_args!("(dm) {nick}: {text}"));
+                    let awaited = Awaited::Direct {
+                        target_nick: to.to_string(),
+                    };
+                    if let Some(ticket) = self.ticket(id, awaited) {
+                        let folded = to.to_ascii_lowercase();
+                        if self.peers.direct(ticket, &folded, line) == Route::Remote {
+                            return;
+                        }
+                        self.waiters.remove(&ticket);
+                    }
+                }
+            }
             self.deliver(
                 out,
                 id,
@@ -797,6 +1195,10 @@ impl Chat {
                 origin,
                 notice_line(format_args!("delivered to {target_nick}")),
             ),
+            Finished::Relayed { relay, delivered } => {
+                self.relayed.push((relay, delivered));
+                return;
+            }
             Finished::Direct {
                 origin,
                 target_nick,

@@ -34,7 +34,16 @@ impl Nicknames {
     /// Hands out `guest-N` with the next N of a counter that only grows
     /// (numbers of guests who left are not reused), skipping names someone
     /// claimed with `/nick`.
-    pub fn claim_guest(&mut self, owner: ClientId) -> String {
+    /// A free guest name, numbered `number` when that is given (the
+    /// cluster's numbers are unique already) or else the next one here.
+    pub fn claim_guest(&mut self, owner: ClientId, number: Option<u64>) -> String {
+        if let Some(number) = number {
+            let name = format!("guest-{number}");
+            if !self.owners.contains_key(&name) {
+                self.owners.insert(name.clone(), owner);
+                return name;
+            }
+        }
         loop {
             self.next_guest += 1;
             let name = format!("guest-{}", self.next_guest);
@@ -96,8 +105,8 @@ mod tests {
     #[test]
     fn uniqueness_ignores_case_but_allows_own_case_change() {
         let mut names = Nicknames::default();
-        let alice = names.claim_guest(ClientId(1));
-        let bob = names.claim_guest(ClientId(2));
+        let alice = names.claim_guest(ClientId(1), None);
+        let bob = names.claim_guest(ClientId(2), None);
         names.rename(ClientId(1), &alice, "Alice").unwrap();
         assert_eq!(
             names.rename(ClientId(2), &bob, "alice"),
@@ -111,10 +120,10 @@ mod tests {
     #[test]
     fn guest_names_skip_claimed_ones() {
         let mut names = Nicknames::default();
-        let first = names.claim_guest(ClientId(1));
+        let first = names.claim_guest(ClientId(1), None);
         assert_eq!(first, "guest-1");
         names.rename(ClientId(1), &first, "GUEST-2").unwrap();
-        assert_eq!(names.claim_guest(ClientId(2)), "guest-3");
+        assert_eq!(names.claim_guest(ClientId(2), None), "guest-3");
         assert_eq!(names.owner("guest-2"), Some(ClientId(1)));
     }
 }

@@ -29,6 +29,10 @@ pub enum Pending {
         origin: Origin,
         target_nick: String,
     },
+    /// A direct message from another server; `relay` names it there.
+    Relayed {
+        relay: u64,
+    },
 }
 
 /// What a finished receipt tells its sender.
@@ -42,6 +46,10 @@ pub enum Finished {
     Direct {
         origin: Origin,
         target_nick: String,
+        delivered: bool,
+    },
+    Relayed {
+        relay: u64,
         delivered: bool,
     },
 }
@@ -73,6 +81,10 @@ impl Receipts {
 
     /// Settles one copy of the line; returns the outcome once the last copy
     /// is settled. Unknown tags are ignored.
+    pub fn open_relayed(&mut self, relay: u64) -> ReceiptTag {
+        ReceiptTag(self.pending.insert(Pending::Relayed { relay }))
+    }
+
     pub fn settle(&mut self, tag: ReceiptTag, was_delivered: bool) -> Option<Finished> {
         let done = match self.pending.get_mut(tag.0)? {
             Pending::Room {
@@ -86,7 +98,7 @@ impl Receipts {
                 }
                 *outstanding == 0
             }
-            Pending::Direct { .. } => true,
+            Pending::Direct { .. } | Pending::Relayed { .. } => true,
         };
         if !done {
             return None;
@@ -110,6 +122,10 @@ impl Receipts {
             } => Finished::Direct {
                 origin,
                 target_nick,
+                delivered: was_delivered,
+            },
+            Pending::Relayed { relay } => Finished::Relayed {
+                relay,
                 delivered: was_delivered,
             },
         })

@@ -88,6 +88,11 @@ impl Keys {
         self.key(&["members", room])
     }
 
+    /// Member counts of every room, one field `ROOM|NODE` per node.
+    pub fn rooms(&self) -> Bytes {
+        self.key(&["rooms"])
+    }
+
     /// Taken by the one node that removes a lost node's traces.
     pub fn reap_lock(&self, lost: NodeId) -> Bytes {
         self.key(&["reap", &lost.to_string()])

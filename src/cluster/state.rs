@@ -10,7 +10,7 @@
 //! report ids that never got one (queue full, link lost) to
 //! [`Cluster::on_unanswered`].
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
@@ -18,7 +18,22 @@ use bytes::Bytes;
 
 use super::keys::{Keys, CLAIM_NICK, RELEASE_NICK};
 use super::link::Reply;
-use super::wire::NodeId;
+use super::wire::{
+    encode_direct_header, encode_room_batch_header, DeliveryOutcome, DeliveryReport, Envelope,
+    Header, Message, NodeEvent, NodeId, Presence,
+};
+use crate::chat::{Claim, DirectOutcome, Peers, Route, Ticket};
+
+/// How long a client waits for the other servers before it is told they
+/// did not answer (SPEC §4).
+pub const ANSWER_PATIENCE: Duration = Duration::from_secs(5);
+
+/// A change of the subscriber link's channels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Subscription {
+    Subscribe(Bytes),
+    Unsubscribe(Bytes),
+}
 
 pub type RequestId = u64;
 
@@ -51,6 +66,26 @@ pub enum ClusterEvent {
     /// Guest numbers are available again after
     /// [`Cluster::take_guest_number`] found none.
     GuestNumbersReady,
+    /// Lines said in a room on another server.
+    RemoteLines { room: String, lines: Bytes },
+    /// A direct message for a local user; `relay` names it in the report.
+    RemoteDirect {
+        target: String,
+        line: Bytes,
+        relay: u64,
+    },
+    /// What became of a direct message this node sent.
+    DirectReport { ticket: u64, outcome: DirectOutcome },
+    /// `/who` across the servers; `None` when Redis did not answer.
+    MemberList {
+        ticket: u64,
+        names: Option<Vec<String>>,
+    },
+    /// `/rooms` across the servers; `None` when Redis did not answer.
+    RoomList {
+        ticket: u64,
+        rooms: Option<Vec<(String, usize)>>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,11 +112,30 @@ impl ClusterSettings {
 
 /// What a request was for, to act on its reply.
 enum Purpose {
-    Claim { ticket: u64, folded: String },
+    Claim {
+        ticket: u64,
+        folded: String,
+    },
     Release,
     GuestBlock,
     Alive,
     JoinNodes,
+    /// Replies nobody waits for: publications, membership bookkeeping.
+    Fire,
+    DirectLookup {
+        ticket: u64,
+        target: String,
+        line: Bytes,
+    },
+    DirectSent {
+        ticket: u64,
+    },
+    Members {
+        ticket: u64,
+    },
+    Rooms {
+        ticket: u64,
+    },
 }
 
 pub struct Cluster {
@@ -100,6 +154,21 @@ pub struct Cluster {
     guest_block_asked: bool,
     someone_waits_for_guests: bool,
     next_alive_refresh: Option<Instant>,
+    /// The latest `now` given, for deadlines set by calls without one.
+    now: Option<Instant>,
+    /// Requests a client waits for, oldest first, with their deadlines.
+    deadlines: VecDeque<(Instant, RequestId)>,
+    subscriptions: VecDeque<Subscription>,
+    /// Local members of each room by display nick.
+    local: HashMap<String, HashSet<String>>,
+    /// Members of each room on other servers, from their presence.
+    remote: HashMap<String, HashMap<NodeId, u64>>,
+    /// Rooms whose local count changed since presence was last published.
+    presence_due: HashSet<String>,
+    /// Sequence numbers of this node's publications.
+    next_seq: u64,
+    relays: HashMap<u64, (NodeId, u64)>,
+    next_relay: u64,
 }
 
 impl Cluster {
@@ -120,6 +189,15 @@ impl Cluster {
             guest_block_asked: false,
             someone_waits_for_guests: false,
             next_alive_refresh: None,
+            now: None,
+            deadlines: VecDeque::new(),
+            subscriptions: VecDeque::new(),
+            local: HashMap::new(),
+            remote: HashMap::new(),
+            presence_due: HashSet::new(),
+            next_seq: 0,
+            relays: HashMap::new(),
+            next_relay: 0,
         }
     }
 
@@ -146,6 +224,21 @@ impl Cluster {
     /// it alive and make sure guest numbers are in stock.
     pub fn link_up(&mut self, now: Instant) {
         self.link_up = true;
+        self.now = Some(now);
+        let node_channel = self.keys.node_channel(self.settings.node);
+        self.subscriptions
+            .push_back(Subscription::Subscribe(node_channel));
+        let rooms: Vec<String> = self.local.keys().cloned().collect();
+        for room in rooms {
+            self.subscriptions
+                .push_back(Subscription::Subscribe(self.keys.room_channel(&room)));
+            let names: Vec<String> = self.local[&room].iter().cloned().collect();
+            for nick in names {
+                self.register_member(&room, &nick);
+            }
+            self.count_room(&room);
+            self.presence_due.insert(room);
+        }
         let nodes = self.keys.nodes();
         let node = self.node_text.clone();
         self.request(Purpose::JoinNodes, vec!["SADD".into(), nodes, node]);
@@ -157,6 +250,9 @@ impl Cluster {
     /// unanswered; its replies, should any come, are for a dead link.
     pub fn link_down(&mut self) {
         self.link_up = false;
+        self.subscriptions.clear();
+        self.remote.clear();
+        self.deadlines.clear();
         self.next_alive_refresh = None;
         self.requests.clear();
         let mut ids: Vec<RequestId> = self.waiting.keys().copied().collect();
@@ -168,6 +264,14 @@ impl Cluster {
 
     /// Runs what is due at `now`: the alive key's refresh.
     pub fn tick(&mut self, now: Instant) {
+        self.now = Some(now);
+        while let Some(&(at, id)) = self.deadlines.front() {
+            if at > now {
+                break;
+            }
+            self.deadlines.pop_front();
+            self.on_unanswered(id);
+        }
         if self.next_alive_refresh.is_some_and(|at| at <= now) {
             self.refresh_alive(now);
         }
@@ -175,7 +279,178 @@ impl Cluster {
 
     /// When [`tick`](Cluster::tick) next has something to do.
     pub fn next_wakeup(&self) -> Option<Instant> {
-        self.next_alive_refresh
+        let answer = self.deadlines.front().map(|&(at, _)| at);
+        match (self.next_alive_refresh, answer) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Whether requests or subscription changes wait to be sent.
+    pub fn has_output(&self) -> bool {
+        self.link_up
+            && (!self.requests.is_empty()
+                || !self.subscriptions.is_empty()
+                || !self.presence_due.is_empty())
+    }
+
+    pub fn poll_subscription(&mut self) -> Option<Subscription> {
+        self.subscriptions.pop_front()
+    }
+
+    /// A request a client waits for: answered as unanswered after
+    /// [`ANSWER_PATIENCE`].
+    fn awaited_request(&mut self, purpose: Purpose, args: Vec<Bytes>) {
+        let id = self.next_id;
+        self.request(purpose, args);
+        if let Some(now) = self.now {
+            self.deadlines.push_back((now + ANSWER_PATIENCE, id));
+        }
+    }
+
+    fn header(&mut self) -> Header {
+        self.next_seq += 1;
+        Header {
+            origin: self.settings.node,
+            seq: self.next_seq,
+        }
+    }
+
+    fn publish(&mut self, channel: Bytes, payload: Bytes, purpose: Purpose) {
+        self.request(purpose, vec!["PUBLISH".into(), channel, payload]);
+    }
+
+    fn publish_envelope(&mut self, channel: Bytes, message: Message) {
+        let header = self.header();
+        let payload = Envelope { header, message }.to_bytes();
+        self.publish(channel, payload, Purpose::Fire);
+    }
+
+    /// Publishes this node's member count of every room that changed, once
+    /// per loop turn.
+    pub fn publish_presence(&mut self) {
+        if !self.link_up {
+            return;
+        }
+        let due: Vec<String> = self.presence_due.drain().collect();
+        for room in due {
+            let members = self.local.get(&room).map_or(0, HashSet::len) as u64;
+            let channel = self.keys.room_channel(&room);
+            self.publish_envelope(channel, Message::Presence(Presence { room, members }));
+        }
+    }
+
+    /// A message from the subscriber link.
+    pub fn on_message(&mut self, channel: &Bytes, payload: &Bytes) {
+        let Ok(envelope) = Envelope::decode(payload) else {
+            return;
+        };
+        let origin = envelope.header.origin;
+        if origin == self.settings.node {
+            return;
+        }
+        match envelope.message {
+            Message::RoomBatch(batch) => {
+                if let Some(room) = self.room_of(channel) {
+                    self.events.push_back(ClusterEvent::RemoteLines {
+                        room,
+                        lines: batch.lines,
+                    });
+                }
+            }
+            Message::Presence(presence) => {
+                let counts = self.remote.entry(presence.room.clone()).or_default();
+                let new = counts.insert(origin, presence.members).is_none();
+                if presence.members == 0 {
+                    counts.remove(&origin);
+                }
+                if counts.is_empty() {
+                    self.remote.remove(&presence.room);
+                }
+                // A server new to the room does not know our count yet.
+                if new && self.local.contains_key(&presence.room) {
+                    self.presence_due.insert(presence.room);
+                }
+            }
+            Message::Direct(direct) => {
+                self.next_relay += 1;
+                let relay = self.next_relay;
+                self.relays.insert(relay, (origin, direct.tag));
+                self.events.push_back(ClusterEvent::RemoteDirect {
+                    target: direct.target,
+                    line: direct.line,
+                    relay,
+                });
+            }
+            Message::DeliveryReport(report) => {
+                let outcome = match report.outcome {
+                    DeliveryOutcome::Delivered => DirectOutcome::Delivered,
+                    DeliveryOutcome::Left => DirectOutcome::Left,
+                    DeliveryOutcome::TooSlow => DirectOutcome::TooSlow,
+                    DeliveryOutcome::NoSuchUser => DirectOutcome::NoSuchUser,
+                };
+                self.events.push_back(ClusterEvent::DirectReport {
+                    ticket: report.tag,
+                    outcome,
+                });
+            }
+            Message::ReceiptReport(_) => {}
+            Message::Node(NodeEvent::ShuttingDown) => {
+                for counts in self.remote.values_mut() {
+                    counts.remove(&origin);
+                }
+                self.remote.retain(|_, counts| !counts.is_empty());
+            }
+            Message::Node(NodeEvent::Hello) => {}
+        }
+    }
+
+    /// Reports a relayed direct message's fate to the server it came from.
+    pub fn direct_settled(&mut self, relay: u64, outcome: DirectOutcome) {
+        let Some((origin, tag)) = self.relays.remove(&relay) else {
+            return;
+        };
+        if !self.link_up {
+            return;
+        }
+        let outcome = match outcome {
+            DirectOutcome::Delivered => DeliveryOutcome::Delivered,
+            DirectOutcome::Left => DeliveryOutcome::Left,
+            DirectOutcome::TooSlow => DeliveryOutcome::TooSlow,
+            DirectOutcome::NoSuchUser => DeliveryOutcome::NoSuchUser,
+        };
+        let channel = self.keys.node_channel(origin);
+        self.publish_envelope(
+            channel,
+            Message::DeliveryReport(DeliveryReport { tag, outcome }),
+        );
+    }
+
+    fn room_of(&self, channel: &Bytes) -> Option<String> {
+        let prefix = self.keys.room_channel("");
+        let room = channel.strip_prefix(prefix.as_ref())?;
+        std::str::from_utf8(room).ok().map(str::to_string)
+    }
+
+    fn register_member(&mut self, room: &str, nick: &str) {
+        let key = self.keys.members(room);
+        let nick = Bytes::copy_from_slice(nick.as_bytes());
+        let node = self.node_text.clone();
+        self.request(Purpose::Fire, vec!["HSET".into(), key, nick, node]);
+    }
+
+    /// This node's member count of `room` in the rooms hash, as a field of
+    /// its own so that re-registering after a reconnect is idempotent.
+    fn count_room(&mut self, room: &str) {
+        let key = self.keys.rooms();
+        let field = Bytes::from(format!("{room}|{}", self.settings.node));
+        let count = self.local.get(room).map_or(0, HashSet::len);
+        if count == 0 {
+            self.request(Purpose::Fire, vec!["HDEL".into(), key, field]);
+        } else {
+            let count = Bytes::from(count.to_string());
+            self.request(Purpose::Fire, vec!["HSET".into(), key, field, count]);
+        }
     }
 
     fn refresh_alive(&mut self, now: Instant) {
@@ -304,7 +579,62 @@ impl Cluster {
                     }
                 }
             }
-            Purpose::Release | Purpose::Alive | Purpose::JoinNodes => {}
+            Purpose::Release | Purpose::Alive | Purpose::JoinNodes | Purpose::Fire => {}
+            Purpose::DirectLookup {
+                ticket,
+                target,
+                line,
+            } => {
+                let node = reply
+                    .bytes()
+                    .and_then(|node| std::str::from_utf8(node).ok())
+                    .and_then(|node| node.parse::<NodeId>().ok());
+                match node {
+                    Some(node) if node != self.settings.node => {
+                        let mut payload = bytes::BytesMut::new();
+                        let header = self.header();
+                        encode_direct_header(&mut payload, header, ticket, &target);
+                        payload.extend_from_slice(&line);
+                        let channel = self.keys.node_channel(node);
+                        self.publish(channel, payload.freeze(), Purpose::DirectSent { ticket });
+                    }
+                    _ => self.events.push_back(ClusterEvent::DirectReport {
+                        ticket,
+                        outcome: DirectOutcome::NoSuchUser,
+                    }),
+                }
+            }
+            Purpose::DirectSent { ticket } => {
+                if reply.integer() != Some(1) {
+                    self.events.push_back(ClusterEvent::DirectReport {
+                        ticket,
+                        outcome: DirectOutcome::NoSuchUser,
+                    });
+                }
+            }
+            Purpose::Members { ticket } => {
+                let names = match reply {
+                    Reply::Array(items) => Some(
+                        items
+                            .iter()
+                            .filter_map(|item| item.bytes())
+                            .filter_map(|name| std::str::from_utf8(name).ok())
+                            .map(str::to_string)
+                            .collect(),
+                    ),
+                    _ => None,
+                };
+                self.events
+                    .push_back(ClusterEvent::MemberList { ticket, names });
+            }
+            Purpose::Rooms { ticket } => {
+                let rooms = match reply {
+                    Reply::Array(items) => Some(sum_rooms(&items)),
+                    _ => None,
+                };
+                self.events
+                    .push_back(ClusterEvent::RoomList { ticket, rooms });
+            }
         }
     }
 
@@ -320,8 +650,218 @@ impl Cluster {
                 outcome: ClaimOutcome::Unanswered,
             }),
             Purpose::GuestBlock => self.guest_block_asked = false,
-            Purpose::Release | Purpose::Alive | Purpose::JoinNodes => {}
+            Purpose::Release | Purpose::Alive | Purpose::JoinNodes | Purpose::Fire => {}
+            Purpose::DirectLookup { ticket, .. } | Purpose::DirectSent { ticket } => {
+                self.events.push_back(ClusterEvent::DirectReport {
+                    ticket,
+                    outcome: DirectOutcome::NoSuchUser,
+                })
+            }
+            Purpose::Members { ticket } => self.events.push_back(ClusterEvent::MemberList {
+                ticket,
+                names: None,
+            }),
+            Purpose::Rooms { ticket } => self.events.push_back(ClusterEvent::RoomList {
+                ticket,
+                rooms: None,
+            }),
         }
+    }
+}
+
+/// The rooms hash (`ROOM|NODE` → count) summed per room.
+fn sum_rooms(items: &[Reply]) -> Vec<(String, usize)> {
+    let mut rooms: HashMap<String, usize> = HashMap::new();
+    for pair in items.chunks(2) {
+        let [field, count] = pair else {
+            continue;
+        };
+        let field = field.bytes().and_then(|f| std::str::from_utf8(f).ok());
+        let count = count
+            .bytes()
+            .and_then(|c| std::str::from_utf8(c).ok())
+            .and_then(|c| c.parse::<usize>().ok());
+        if let (Some(field), Some(count)) = (field, count) {
+            if let Some((room, _node)) = field.rsplit_once('|') {
+                *rooms.entry(room.to_string()).or_default() += count;
+            }
+        }
+    }
+    rooms.into_iter().filter(|&(_, count)| count > 0).collect()
+}
+
+impl Peers for Cluster {
+    fn spans_servers(&self) -> bool {
+        true
+    }
+
+    fn claim_nick(&mut self, ticket: Ticket, folded: &str) -> Claim {
+        if ticket == 0 {
+            if self.link_up {
+                let args = self.nick_script(CLAIM_NICK, folded);
+                self.request(Purpose::Fire, args);
+            }
+            return Claim::Granted;
+        }
+        if !self.link_up {
+            self.events.push_back(ClusterEvent::NickClaim {
+                ticket,
+                folded: folded.to_string(),
+                outcome: ClaimOutcome::Unanswered,
+            });
+            return Claim::Pending;
+        }
+        let args = self.nick_script(CLAIM_NICK, folded);
+        let folded = folded.to_string();
+        self.awaited_request(Purpose::Claim { ticket, folded }, args);
+        Claim::Pending
+    }
+
+    fn release_nick(&mut self, folded: &str) {
+        Cluster::release_nick(self, folded);
+    }
+
+    fn guest_number(&mut self) -> Option<u64> {
+        self.take_guest_number()
+    }
+
+    fn room_batch(&mut self, room: &str, lines: &Bytes, line_count: u64) {
+        if !self.link_up {
+            return;
+        }
+        let header = self.header();
+        let mut payload = bytes::BytesMut::with_capacity(16 + lines.len());
+        encode_room_batch_header(&mut payload, header, line_count, &[]);
+        payload.extend_from_slice(lines);
+        let channel = self.keys.room_channel(room);
+        self.publish(channel, payload.freeze(), Purpose::Fire);
+    }
+
+    fn member_joined(&mut self, room: &str, nick: &str, _local: usize) {
+        let names = self.local.entry(room.to_string()).or_default();
+        let first = names.is_empty();
+        names.insert(nick.to_string());
+        self.presence_due.insert(room.to_string());
+        if !self.link_up {
+            return;
+        }
+        if first {
+            self.subscriptions
+                .push_back(Subscription::Subscribe(self.keys.room_channel(room)));
+        }
+        self.register_member(room, nick);
+        self.count_room(room);
+    }
+
+    fn member_left(&mut self, room: &str, nick: &str, _local: usize) {
+        let Some(names) = self.local.get_mut(room) else {
+            return;
+        };
+        names.remove(nick);
+        let last = names.is_empty();
+        if last {
+            self.local.remove(room);
+        }
+        self.presence_due.insert(room.to_string());
+        if !self.link_up {
+            return;
+        }
+        let key = self.keys.members(room);
+        let field = Bytes::copy_from_slice(nick.as_bytes());
+        self.request(Purpose::Fire, vec!["HDEL".into(), key, field]);
+        self.count_room(room);
+        if last {
+            self.subscriptions
+                .push_back(Subscription::Unsubscribe(self.keys.room_channel(room)));
+        }
+    }
+
+    fn remote_members(&self, room: &str) -> usize {
+        self.remote
+            .get(room)
+            .map_or(0, |counts| counts.values().sum::<u64>() as usize)
+    }
+
+    fn list_members(&mut self, ticket: Ticket, room: &str) -> bool {
+        if !self.link_up {
+            return false;
+        }
+        let key = self.keys.members(room);
+        self.awaited_request(Purpose::Members { ticket }, vec!["HKEYS".into(), key]);
+        true
+    }
+
+    fn list_rooms(&mut self, ticket: Ticket) -> bool {
+        if !self.link_up {
+            return false;
+        }
+        let key = self.keys.rooms();
+        self.awaited_request(Purpose::Rooms { ticket }, vec!["HGETALL".into(), key]);
+        true
+    }
+
+    fn direct(&mut self, ticket: Ticket, target: &str, line: Bytes) -> Route {
+        if !self.link_up {
+            return Route::Unknown;
+        }
+        let key = self.keys.nick(target);
+        let target = target.to_string();
+        self.awaited_request(
+            Purpose::DirectLookup {
+                ticket,
+                target,
+                line,
+            },
+            vec!["GET".into(), key],
+        );
+        Route::Remote
+    }
+}
+
+/// Alone when `None`: every answer local and immediate.
+impl<P: Peers> Peers for Option<P> {
+    fn spans_servers(&self) -> bool {
+        self.as_ref().is_some_and(P::spans_servers)
+    }
+    fn claim_nick(&mut self, ticket: Ticket, folded: &str) -> Claim {
+        self.as_mut()
+            .map_or(Claim::Granted, |p| p.claim_nick(ticket, folded))
+    }
+    fn release_nick(&mut self, folded: &str) {
+        if let Some(p) = self {
+            p.release_nick(folded);
+        }
+    }
+    fn guest_number(&mut self) -> Option<u64> {
+        self.as_mut().and_then(P::guest_number)
+    }
+    fn room_batch(&mut self, room: &str, lines: &Bytes, line_count: u64) {
+        if let Some(p) = self {
+            p.room_batch(room, lines, line_count);
+        }
+    }
+    fn member_joined(&mut self, room: &str, nick: &str, local: usize) {
+        if let Some(p) = self {
+            p.member_joined(room, nick, local);
+        }
+    }
+    fn member_left(&mut self, room: &str, nick: &str, local: usize) {
+        if let Some(p) = self {
+            p.member_left(room, nick, local);
+        }
+    }
+    fn remote_members(&self, room: &str) -> usize {
+        self.as_ref().map_or(0, |p| p.remote_members(room))
+    }
+    fn list_members(&mut self, ticket: Ticket, room: &str) -> bool {
+        self.as_mut().is_some_and(|p| p.list_members(ticket, room))
+    }
+    fn list_rooms(&mut self, ticket: Ticket) -> bool {
+        self.as_mut().is_some_and(|p| p.list_rooms(ticket))
+    }
+    fn direct(&mut self, ticket: Ticket, target: &str, line: Bytes) -> Route {
+        self.as_mut()
+            .map_or(Route::Unknown, |p| p.direct(ticket, target, line))
     }
 }
 

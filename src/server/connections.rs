@@ -316,4 +316,17 @@ impl Outbox for Connections {
     fn close(&mut self, to: ClientId, why: Close) {
         self.close_after_flush(to.0, CloseCause::Chat(why));
     }
+
+    fn hold_input(&mut self, to: ClientId) {
+        if let Some(conn) = self.slab.get_mut(to.0) {
+            conn.session.hold(true);
+        }
+    }
+
+    fn release_input(&mut self, to: ClientId) {
+        if let Some(conn) = self.slab.get_mut(to.0) {
+            conn.session.hold(false);
+            self.schedule_read(to.0);
+        }
+    }
 }

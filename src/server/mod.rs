@@ -8,6 +8,8 @@
 mod acceptor;
 mod admission;
 mod closing;
+mod cluster_io;
+mod cluster_turn;
 mod connections;
 mod control;
 mod fd_limit;
@@ -33,8 +35,10 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use signal_hook_mio::v1_0::Signals;
 
 use crate::chat::{Chat, ChatConfig};
+use crate::cluster::state::{Cluster, ClusterSettings};
 use crate::Config;
 use acceptor::Acceptor;
+use cluster_io::ClusterIo;
 use connections::Connections;
 use rate::RateLimit;
 use session::Rules;
@@ -50,6 +54,7 @@ enum Source {
     Listener,
     Signals,
     Waker,
+    Redis,
     Client(usize),
 }
 
@@ -57,6 +62,8 @@ impl Source {
     const LISTENER: Token = Token(0);
     const SIGNALS: Token = Token(1);
     const WAKER: Token = Token(2);
+    const REDIS_COMMAND: Token = Token(3);
+    const REDIS_SUBSCRIBER: Token = Token(4);
     /// Tokens 3 to 15 are reserved for the server's own sockets to come.
     const FIRST_CLIENT: usize = 16;
 
@@ -65,6 +72,7 @@ impl Source {
             Self::LISTENER => Some(Source::Listener),
             Self::SIGNALS => Some(Source::Signals),
             Self::WAKER => Some(Source::Waker),
+            Self::REDIS_COMMAND | Self::REDIS_SUBSCRIBER => Some(Source::Redis),
             Token(n) => n.checked_sub(Self::FIRST_CLIENT).map(Source::Client),
         }
     }
@@ -121,7 +129,9 @@ pub struct Server {
     waker: Arc<Waker>,
     acceptor: Acceptor,
     conns: Connections,
-    chat: Chat,
+    /// Alone when the peers are `None`.
+    chat: Chat<Option<Cluster>>,
+    cluster_io: Option<ClusterIo>,
     rules: Rules,
     timers: Timers,
     shutdown: ShutdownState,
@@ -153,6 +163,28 @@ impl Server {
             .map_err(setup("signal handling"))?;
         let waker =
             Arc::new(Waker::new(poll.registry(), Source::WAKER).map_err(setup("the waker"))?);
+        let (cluster, cluster_io) = match &config.redis {
+            None => (None, None),
+            Some(url) => {
+                // Resolved once: a Redis that moves needs a restart.
+                let addr = std::net::ToSocketAddrs::to_socket_addrs(&url.address())
+                    .and_then(|mut addrs| {
+                        addrs.next().ok_or_else(|| {
+                            io::Error::new(io::ErrorKind::NotFound, "no address for the host")
+                        })
+                    })
+                    .map_err(setup("the Redis address"))?;
+                let mut settings = ClusterSettings::new(&config.cluster_name, random_node_id());
+                settings.node_timeout = config.node_timeout;
+                let io = ClusterIo::new(
+                    url.clone(),
+                    addr,
+                    Source::REDIS_COMMAND,
+                    Source::REDIS_SUBSCRIBER,
+                );
+                (Some(Cluster::new(settings)), Some(io))
+            }
+        };
         let rules = Rules {
             idle_timeout: Some(config.idle_timeout).filter(|timeout| !timeout.is_zero()),
             write_timeout: config.write_timeout,
@@ -165,7 +197,8 @@ impl Server {
             waker,
             acceptor,
             conns: Connections::new(Instant::now()),
-            chat: Chat::new(chat_config(&config)),
+            chat: Chat::with_peers(chat_config(&config), cluster),
+            cluster_io,
             rules,
             timers: Timers::default(),
             shutdown: ShutdownState::new(config.shutdown_grace),
@@ -227,6 +260,8 @@ impl Server {
                     Some(Source::Listener) => self.acceptor.on_readable(),
                     Some(Source::Signals) => self.on_signals(now),
                     Some(Source::Waker) => self.begin_shutdown(now),
+                    // Both Redis sockets are pumped every turn anyway.
+                    Some(Source::Redis) => {}
                     Some(Source::Client(key)) => {
                         if event.is_readable() || event.is_read_closed() || event.is_error() {
                             if let Some(conn) = self.conns.get_mut(key) {
@@ -248,11 +283,20 @@ impl Server {
             self.accept_connections(now);
             self.read_connections(now);
             self.chat.end_turn(&mut self.conns);
+            if self.cluster_io.is_some() {
+                self.pump_cluster(now);
+                self.chat.end_turn(&mut self.conns);
+            }
             self.flush_connections();
             self.close_connections();
             // Leave notices of what just closed go out next turn, which
             // starts at once because they put connections on the flush list.
             self.chat.end_turn(&mut self.conns);
+            if self.cluster_io.is_some() {
+                // What this turn gave the other servers (batches, reports
+                // of lines written just now) goes out now.
+                self.pump_cluster(Instant::now());
+            }
             if self.shutdown_finished(Instant::now()) {
                 return Ok(Stopped::Orderly);
             }
@@ -280,7 +324,19 @@ impl Server {
         if self.conns.has_work() || self.acceptor.can_accept() {
             return Some(Duration::ZERO);
         }
-        let timers = self.timers.timeout(now);
+        let mut timers = self.timers.timeout(now);
+        if let Some(io) = &self.cluster_io {
+            let cluster = self.chat.peers().as_ref();
+            // Output Redis did not take yet waits for a writable event.
+            if io.has_work() || cluster.is_some_and(Cluster::has_output) {
+                return Some(Duration::ZERO);
+            }
+            let wakeups = [io.next_wakeup(), cluster.and_then(Cluster::next_wakeup)];
+            for at in wakeups.into_iter().flatten() {
+                let wait = at.saturating_duration_since(now);
+                timers = Some(timers.map_or(wait, |t| t.min(wait)));
+            }
+        }
         let grace = self
             .shutdown
             .poll_timeout()
@@ -313,6 +369,19 @@ impl Server {
             );
         }
     }
+}
+
+/// A node id for this process: std's randomly keyed hasher over the pid
+/// and the time, so two servers started together still differ.
+fn random_node_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u32(std::process::id());
+    if let Ok(since) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        hasher.write_u128(since.as_nanos());
+    }
+    // Small enough to stay exact wherever it is shown as a number.
+    hasher.finish() >> 12
 }
 
 /// The chat's own settings, taken from the daemon's.

@@ -99,6 +99,9 @@ pub struct Session {
     output_moved: Option<Instant>,
     phase: Phase,
     cause: Option<CloseCause>,
+    /// The chat waits for the other servers' answer to this client's last
+    /// line; its next lines wait too.
+    held: bool,
 }
 
 impl Session {
@@ -111,6 +114,7 @@ impl Session {
             output_moved: None,
             phase: Phase::Open,
             cause: None,
+            held: false,
         }
     }
 
@@ -136,7 +140,12 @@ impl Session {
 
     /// Whether reading the socket is useful now.
     pub fn wants_input(&self) -> bool {
-        self.phase == Phase::Open && self.paused_until.is_none()
+        self.phase == Phase::Open && self.paused_until.is_none() && !self.held
+    }
+
+    /// Holds or releases input while the chat waits for other servers.
+    pub fn hold(&mut self, held: bool) {
+        self.held = held;
     }
 
     /// Bytes read from the socket.

@@ -1,0 +1,72 @@
+//! One loop turn's exchange with the other servers: Redis pumped, and what
+//! came back handed to the chat.
+
+use std::time::Instant;
+
+use super::Server;
+use crate::chat::{ClaimAnswer, DirectOutcome};
+use crate::cluster::state::{ClaimOutcome, Cluster, ClusterEvent};
+
+impl Server {
+    pub(super) fn pump_cluster(&mut self, now: Instant) {
+        let (Some(io), Some(cluster)) = (self.cluster_io.as_mut(), self.chat.peers_mut().as_mut())
+        else {
+            return;
+        };
+        cluster.tick(now);
+        io.pump(self.poll.registry(), cluster, now);
+        while let Some(event) = self.chat.peers_mut().as_mut().and_then(Cluster::poll_event) {
+            self.on_cluster_event(event);
+        }
+        for (relay, delivered) in self.chat.take_relayed() {
+            let outcome = if delivered {
+                DirectOutcome::Delivered
+            } else {
+                DirectOutcome::Left
+            };
+            if let Some(cluster) = self.chat.peers_mut() {
+                cluster.direct_settled(relay, outcome);
+            }
+        }
+    }
+
+    fn on_cluster_event(&mut self, event: ClusterEvent) {
+        let out = &mut self.conns;
+        match event {
+            ClusterEvent::NickClaim {
+                ticket, outcome, ..
+            } => {
+                let answer = match outcome {
+                    ClaimOutcome::Granted => ClaimAnswer::Granted,
+                    ClaimOutcome::Taken => ClaimAnswer::Taken,
+                    ClaimOutcome::Unanswered => ClaimAnswer::Unanswered,
+                };
+                self.chat.on_nick_claim(out, ticket, answer);
+            }
+            ClusterEvent::GuestNumbersReady => {}
+            ClusterEvent::RemoteLines { room, lines } => {
+                self.chat.on_remote_lines(out, &room, lines);
+            }
+            ClusterEvent::RemoteDirect {
+                target,
+                line,
+                relay,
+            } => {
+                if let Some(outcome) = self.chat.on_remote_direct(out, &target, line, relay) {
+                    if let Some(cluster) = self.chat.peers_mut() {
+                        cluster.direct_settled(relay, outcome);
+                    }
+                }
+            }
+            ClusterEvent::DirectReport { ticket, outcome } => {
+                self.chat.on_direct_report(out, ticket, outcome);
+            }
+            ClusterEvent::MemberList { ticket, names } => {
+                self.chat.on_member_list(out, ticket, names);
+            }
+            ClusterEvent::RoomList { ticket, rooms } => {
+                self.chat.on_room_list(out, ticket, rooms);
+            }
+        }
+    }
+}

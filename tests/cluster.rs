@@ -1,0 +1,211 @@
+//! Cluster mode (SPEC §4): two or three servers in-process, one private
+//! `redis-server`, clients on different servers. Every wait is on a line
+//! the server sends, never a sleep.
+
+mod common;
+mod redis_support;
+
+use std::net::{Ipv4Addr, TcpListener};
+
+use apollonion::cluster::url::RedisUrl;
+use common::{Client, TestServer};
+use redis_support::RedisServer;
+
+/// A Redis and `count` servers joined through it.
+struct Cluster {
+    servers: Vec<TestServer>,
+    _redis: RedisServer,
+}
+
+fn cluster(count: usize) -> Option<Cluster> {
+    let redis = RedisServer::start()?;
+    let url: RedisUrl = redis.url(0).parse().expect("test URL");
+    let servers = (0..count)
+        .map(|_| {
+            TestServer::start_with(|config| {
+                config.redis = Some(url.clone());
+                config.cluster_name = "test".into();
+            })
+        })
+        .collect();
+    Some(Cluster {
+        servers,
+        _redis: redis,
+    })
+}
+
+/// A client of `server` named `nick`. The name is claimed through Redis,
+/// so this also waits until the server has joined the cluster: until then
+/// a claim is answered at once as unanswered, and is tried again.
+fn member(server: &TestServer, nick: &str) -> Client {
+    let (mut client, _) = server.join();
+    loop {
+        client.send(&format!("/nick {nick}"));
+        let line = answer(&mut client);
+        if line == format!("* you are now {nick}") {
+            return client;
+        }
+        assert_eq!(line, "! the other servers did not answer, try again");
+    }
+}
+
+/// The answer to the client's own command, past the lobby's notices from
+/// every server, which may come in between.
+fn answer(client: &mut Client) -> String {
+    loop {
+        let line = client.read_line().expect("an answer");
+        let notice = line.starts_with("* ")
+            && !line.starts_with("* you ")
+            && (line.contains(" joined #")
+                || line.contains(" left #")
+                || line.contains(" is now known as "));
+        if !notice {
+            return line;
+        }
+    }
+}
+
+/// Moves `joining` into `room`, and waits until everyone already there
+/// has seen it arrive, so the room spans their servers from now on.
+fn enter(joining: &mut Client, nick: &str, room: &str, already: &mut [&mut Client]) {
+    joining.send(&format!("/join {room}"));
+    let joined = answer(joining);
+    assert!(
+        joined.starts_with(&format!("* you joined {room} (")),
+        "{joined}"
+    );
+    for member in already.iter_mut() {
+        member.read_until(&format!("* {nick} joined {room}"));
+    }
+}
+
+#[test]
+fn a_line_said_on_one_server_reaches_the_room_on_the_others_and_not_the_speaker() {
+    let Some(cluster) = cluster(3) else { return };
+    let [a, b, c] = &cluster.servers[..] else {
+        unreachable!()
+    };
+    let mut ann = member(a, "ann");
+    let mut bob = member(b, "bob");
+    let mut cat = member(c, "cat");
+    enter(&mut ann, "ann", "#t", &mut []);
+    enter(&mut bob, "bob", "#t", &mut [&mut ann]);
+    enter(&mut cat, "cat", "#t", &mut [&mut ann, &mut bob]);
+
+    ann.send("hello from A");
+    ann.send("/me waves");
+    for far in [&mut bob, &mut cat] {
+        far.expect_line("ann: hello from A");
+        far.expect_line("* ann waves");
+    }
+    bob.send("hi from B");
+    ann.expect_line("bob: hi from B");
+    cat.expect_line("bob: hi from B");
+    // The speaker got none of its own lines: the next thing it reads after
+    // bob's line is the answer to its own question.
+    ann.send("/nick Ann");
+    ann.expect_line("* you are now Ann");
+    bob.expect_line("* ann is now known as Ann");
+    cat.expect_line("* ann is now known as Ann");
+    cat.send("/join #lobby");
+    assert!(answer(&mut cat).starts_with("* you joined #lobby ("));
+    ann.expect_line("* cat left #t");
+    bob.expect_line("* cat left #t");
+}
+
+#[test]
+fn a_nickname_held_on_another_server_is_refused_in_any_case() {
+    let Some(cluster) = cluster(2) else { return };
+    let _alice = member(&cluster.servers[0], "Alice");
+    let (mut other, guest) = cluster.servers[1].join();
+    // Until B has joined, the claim is unanswered; then it is refused.
+    loop {
+        other.send("/nick aLICE");
+        let line = answer(&mut other);
+        if line == "! nickname aLICE is taken" {
+            break;
+        }
+        assert_eq!(line, "! the other servers did not answer, try again");
+    }
+    other.send("/nick alice2");
+    other.expect_line("* you are now alice2");
+    assert!(guest.starts_with("guest-"));
+}
+
+#[test]
+fn who_and_rooms_list_the_members_of_every_server() {
+    let Some(cluster) = cluster(2) else { return };
+    let mut ann = member(&cluster.servers[0], "ann");
+    let mut bob = member(&cluster.servers[1], "bob");
+    enter(&mut ann, "ann", "#both", &mut []);
+    enter(&mut bob, "bob", "#both", &mut [&mut ann]);
+    ann.send("/who");
+    ann.expect_line("* in #both: ann, bob");
+    bob.send("/who");
+    bob.expect_line("* in #both: ann, bob");
+    bob.send("/rooms");
+    let rooms = bob.expect_prefix("* rooms: ");
+    assert!(rooms.contains("#both (2)"), "{rooms}");
+}
+
+#[test]
+fn a_join_counts_the_members_of_every_server() {
+    let Some(cluster) = cluster(2) else { return };
+    let mut ann = member(&cluster.servers[0], "ann");
+    let mut bob = member(&cluster.servers[1], "bob");
+    enter(&mut ann, "ann", "#k", &mut []);
+    enter(&mut bob, "bob", "#k", &mut [&mut ann]);
+    // Bob's arrival reached ann, so A knows B's count; a third member on A
+    // hears of both.
+    let mut cy = member(&cluster.servers[0], "cy");
+    cy.send("/join #k");
+    assert_eq!(answer(&mut cy), "* you joined #k (3 here)");
+}
+
+#[test]
+fn a_direct_message_crosses_servers_and_is_confirmed() {
+    let Some(cluster) = cluster(2) else { return };
+    let mut ann = member(&cluster.servers[0], "ann");
+    let mut bob = member(&cluster.servers[1], "Bob");
+    ann.send("/msg bob psst");
+    assert_eq!(answer(&mut bob), "(dm) ann: psst");
+    assert_eq!(answer(&mut ann), "* delivered to bob");
+    bob.send("/msg ANN back");
+    assert_eq!(answer(&mut ann), "(dm) Bob: back");
+    assert_eq!(answer(&mut bob), "* delivered to ANN");
+    ann.send("/msg nobody hello?");
+    assert_eq!(answer(&mut ann), "! no such user: nobody");
+}
+
+#[test]
+fn a_thousand_lines_from_one_sender_arrive_in_order_on_the_other_server() {
+    let Some(cluster) = cluster(2) else { return };
+    let mut ann = member(&cluster.servers[0], "ann");
+    let mut bob = member(&cluster.servers[1], "bob");
+    enter(&mut ann, "ann", "#flood", &mut []);
+    enter(&mut bob, "bob", "#flood", &mut [&mut ann]);
+    let lines: String = (0..1000).map(|n| format!("line {n}\r\n")).collect();
+    ann.send_raw(lines.as_bytes());
+    for n in 0..1000 {
+        bob.expect_line(&format!("ann: line {n}"));
+    }
+}
+
+#[test]
+fn without_redis_reachable_the_server_still_serves_local_chat() {
+    // A port nothing listens on: bound, then closed.
+    let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port();
+    let url: RedisUrl = format!("redis://127.0.0.1:{port}").parse().expect("URL");
+    let server = TestServer::start_with(|config| config.redis = Some(url));
+    let (mut ann, ann_nick) = server.join();
+    let (mut bob, bob_nick) = server.join();
+    ann.read_until(&format!("* {bob_nick} joined #lobby"));
+    bob.send("local still works");
+    ann.expect_line(&format!("{bob_nick}: local still works"));
+    ann.send("/nick ann");
+    ann.expect_line("! the other servers did not answer, try again");
+    assert_ne!(ann_nick, bob_nick);
+}
