@@ -16,8 +16,8 @@ use std::collections::{HashMap, VecDeque};
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
+use batch::Speakers;
 use bytes::Bytes;
-
 use command::Command;
 use names::{NickError, Nicknames};
 pub use receipts::ReceiptTag;
@@ -171,6 +171,8 @@ pub struct Chat {
     rooms: Rooms,
     /// Rooms whose batch may hold lines of this turn.
     batched_rooms: Vec<RoomId>,
+    /// Working memory for handing out room batches.
+    speakers: Speakers,
     receipts: Receipts,
     shut_down: bool,
 }
@@ -187,6 +189,7 @@ impl Chat {
             nicks: Nicknames::default(),
             rooms: Rooms::default(),
             batched_rooms: Vec::new(),
+            speakers: Speakers::default(),
             receipts: Receipts::default(),
             shut_down: false,
         }
@@ -558,7 +561,10 @@ impl Chat {
         if room.batch.is_empty() {
             return;
         }
-        let skipped = room.batch.take().deliver(&room.members, out);
+        let skipped = room
+            .batch
+            .take()
+            .deliver(&room.members, &mut self.speakers, out);
         for tag in skipped {
             self.settle(out, tag, false);
         }
