@@ -16,8 +16,8 @@ use std::collections::{HashMap, VecDeque};
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
+use batch::Speakers;
 use bytes::Bytes;
-
 use command::Command;
 use names::{NickError, Nicknames};
 pub use receipts::ReceiptTag;
@@ -159,8 +159,6 @@ struct Client {
 struct Chatter {
     nick: String,
     room: RoomId,
-    /// Position in the room's member list.
-    slot: usize,
     receipts: bool,
     /// Room lines sent with receipts on, for the `#SEQ` in receipts.
     receipt_seq: u64,
@@ -195,6 +193,8 @@ pub struct Chat {
     rooms: Rooms,
     /// Rooms whose batch may hold lines of this turn.
     batched_rooms: Vec<RoomId>,
+    /// Working memory for handing out room batches.
+    speakers: Speakers,
     receipts: Receipts,
     shut_down: bool,
 }
@@ -211,6 +211,7 @@ impl Chat {
             nicks: Nicknames::default(),
             rooms: Rooms::default(),
             batched_rooms: Vec::new(),
+            speakers: Speakers::default(),
             receipts: Receipts::default(),
             shut_down: false,
         }
@@ -445,12 +446,11 @@ impl Chat {
     /// Moves a known client into the chat: guest name, lobby, welcome.
     fn admit(&mut self, out: &mut impl Outbox, id: ClientId) -> String {
         let nick = self.nicks.claim_guest(id);
-        let (room, slot) = self.enter_room(out, LOBBY, id);
+        let room = self.enter_room(out, LOBBY, id, &nick);
         if let Some(Some(client)) = self.clients.get_mut(id.0) {
             client.chatter = Some(Chatter {
                 nick: nick.clone(),
                 room,
-                slot,
                 receipts: false,
                 receipt_seq: 0,
             });
@@ -489,7 +489,7 @@ impl Chat {
                     id,
                     format_args!("{} left {room_name}{suffix}", chatter.nick),
                 );
-                self.leave_room(out, chatter.room, chatter.slot);
+                self.leave_room(out, chatter.room, id, &chatter.nick);
                 self.nicks.release(&chatter.nick);
                 self.chatting -= 1;
                 if let Some(next) = self.waiting.pop_front() {
@@ -501,22 +501,26 @@ impl Chat {
 
     /// Hands out what was said in the room before it loses a member, so
     /// that member still gets it and the receipt counts stay exact.
-    fn leave_room(&mut self, out: &mut impl Outbox, room: RoomId, slot: usize) {
+    fn leave_room(&mut self, out: &mut impl Outbox, room: RoomId, id: ClientId, nick: &str) {
         self.flush_room(out, room);
-        if let Some(moved) = self.rooms.leave(room, slot) {
-            if let Some(chatter) = self.chatter_mut(moved.member) {
-                chatter.slot = moved.slot;
-            }
-        }
+        self.rooms
+            .leave(room, id, member_order(&self.clients, id, nick));
     }
 
     /// Hands out what was said in the room before a newcomer arrives, who
     /// must not get it.
-    fn enter_room(&mut self, out: &mut impl Outbox, name: &str, id: ClientId) -> (RoomId, usize) {
+    fn enter_room(
+        &mut self,
+        out: &mut impl Outbox,
+        name: &str,
+        id: ClientId,
+        nick: &str,
+    ) -> RoomId {
         if let Some(room) = self.rooms.find(name) {
             self.flush_room(out, room);
         }
-        self.rooms.join(name, id)
+        self.rooms
+            .join(name, id, member_order(&self.clients, id, nick))
     }
 
     /// Batches a line for everyone in the sender's room but the sender, with
@@ -591,7 +595,10 @@ impl Chat {
         if room.batch.is_empty() {
             return;
         }
-        let skipped = room.batch.take().deliver(&room.members, out);
+        let skipped = room
+            .batch
+            .take()
+            .deliver(&room.members, &mut self.speakers, out);
         for tag in skipped {
             self.settle(out, tag, false);
         }
@@ -639,6 +646,12 @@ impl Chat {
                 };
                 chatter.nick = new.to_string();
                 let room = chatter.room;
+                self.rooms.resort(
+                    room,
+                    id,
+                    member_order(&self.clients, id, &old),
+                    member_order(&self.clients, id, new),
+                );
                 self.deliver(
                     out,
                     id,
@@ -665,7 +678,7 @@ impl Chat {
         let Some(chatter) = self.chatter(id) else {
             return;
         };
-        let (old_room, old_slot, nick) = (chatter.room, chatter.slot, chatter.nick.clone());
+        let (old_room, nick) = (chatter.room, chatter.nick.clone());
         if self.rooms.find(&name) == Some(old_room) {
             self.deliver(
                 out,
@@ -677,11 +690,10 @@ impl Chat {
         }
         let old_name = self.rooms.get(old_room).name.clone();
         self.announce(old_room, id, format_args!("{nick} left {old_name}"));
-        self.leave_room(out, old_room, old_slot);
-        let (room, slot) = self.enter_room(out, &name, id);
+        self.leave_room(out, old_room, id, &nick);
+        let room = self.enter_room(out, &name, id, &nick);
         if let Some(chatter) = self.chatter_mut(id) {
             chatter.room = room;
-            chatter.slot = slot;
         }
         self.announce(room, id, format_args!("{nick} joined {name}"));
         let here = self.rooms.get(room).members.len();
@@ -694,16 +706,15 @@ impl Chat {
     }
 
     fn list_rooms(&mut self, out: &mut impl Outbox, id: ClientId) {
-        let listing = self.rooms.listing();
         let mut text = String::from("rooms: ");
-        for (index, (name, count)) in listing.iter().take(LIST_LIMIT).enumerate() {
+        for (index, (name, count)) in self.rooms.listing().take(LIST_LIMIT).enumerate() {
             if index > 0 {
                 text.push_str(", ");
             }
             let _ = write!(text, "{name} ({count})");
         }
-        if listing.len() > LIST_LIMIT {
-            let _ = write!(text, ", … and {} more", listing.len() - LIST_LIMIT);
+        if self.rooms.len() > LIST_LIMIT {
+            let _ = write!(text, ", … and {} more", self.rooms.len() - LIST_LIMIT);
         }
         self.deliver(out, id, notice_line(text), None);
     }
@@ -713,21 +724,16 @@ impl Chat {
             return;
         };
         let room = self.rooms.get(chatter.room);
-        let mut names: Vec<&str> = room
+        // The members are kept in the order shown.
+        let names: Vec<&str> = room
             .members
             .iter()
+            .take(LIST_LIMIT)
             .filter_map(|&member| self.nick(member))
             .collect();
-        // Only the first names are shown, so a huge room needs only a partial
-        // sort.
-        if names.len() > LIST_LIMIT {
-            names.select_nth_unstable_by(LIST_LIMIT, |a, b| by_name(a, b));
-        }
-        let shown = names.len().min(LIST_LIMIT);
-        names[..shown].sort_unstable_by(|a, b| by_name(a, b));
-        let mut text = format!("in {}: {}", room.name, names[..shown].join(", "));
-        if names.len() > LIST_LIMIT {
-            let _ = write!(text, ", … and {} more", names.len() - LIST_LIMIT);
+        let mut text = format!("in {}: {}", room.name, names.join(", "));
+        if room.members.len() > LIST_LIMIT {
+            let _ = write!(text, ", … and {} more", room.members.len() - LIST_LIMIT);
         }
         self.deliver(out, id, notice_line(text), None);
     }
@@ -840,6 +846,29 @@ pub struct ChatStats {
     pub rooms: usize,
     pub pending_receipts: usize,
     pub addresses: usize,
+}
+
+/// How `other` sorts against `subject`, named `nick`, in a room's member
+/// list. The subject itself compares equal whatever name the table holds for
+/// it, so it is found while it is being renamed or after it was forgotten.
+fn member_order<'a>(
+    clients: &'a [Option<Client>],
+    subject: ClientId,
+    nick: &'a str,
+) -> impl FnMut(&ClientId) -> std::cmp::Ordering + 'a {
+    move |&other| {
+        if other == subject {
+            return std::cmp::Ordering::Equal;
+        }
+        let other_nick = clients
+            .get(other.0)
+            .and_then(Option::as_ref)
+            .and_then(|client| client.chatter.as_ref())
+            .map(|chatter| chatter.nick.as_str());
+        other_nick.map_or(std::cmp::Ordering::Less, |other_nick| {
+            by_name(other_nick, nick)
+        })
+    }
 }
 
 /// Orders nicknames ignoring case, then by exact spelling, without

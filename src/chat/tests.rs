@@ -1206,9 +1206,26 @@ impl Lcg {
     }
 }
 
-/// Nothing may be queued for a connection the transport has let go, and a
-/// `/rooms` listing must add up to everyone chatting.
+/// Nothing may be queued for a connection the transport has let go, a
+/// `/rooms` listing must add up to everyone chatting, and every room's
+/// members stay in the order `/who` shows them.
 fn check_recipients(net: &mut Net, live: &[ClientId]) {
+    let chat = &net.chat;
+    for (name, count) in chat.rooms.listing() {
+        let room = chat.rooms.get(chat.rooms.find(name).unwrap());
+        assert_eq!(room.members.len(), count);
+        let names: Vec<&str> = room
+            .members
+            .iter()
+            .map(|&m| chat.nick(m).unwrap())
+            .collect();
+        assert!(
+            names
+                .windows(2)
+                .all(|pair| by_name(pair[0], pair[1]).is_lt()),
+            "{name} out of order: {names:?}"
+        );
+    }
     for (to, line, _) in std::mem::take(&mut net.out.sent) {
         assert!(live.contains(&to), "{line:?} sent to {to:?}, which is gone");
         if let Some(counts) = line.trim_end().strip_prefix("* rooms: ") {

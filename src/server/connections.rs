@@ -307,8 +307,19 @@ impl Outbox for Connections {
             return;
         }
         // Too much for what is left under the cap: as many whole lines as
-        // fit, each line that does not is counted as skipped.
+        // fit, each line that does not is counted as skipped. A line that
+        // fits is copied: as a slice it would keep the whole chunk, and the
+        // room's turn behind it, alive for a few bytes (see chat::batch).
         for line in split_lines(lines) {
+            let fits = self
+                .slab
+                .get(to.0)
+                .is_some_and(|conn| conn.out.has_room_for(line.len()));
+            let line = if fits {
+                Bytes::copy_from_slice(&line)
+            } else {
+                line
+            };
             self.enqueue(to.0, line, None);
         }
     }
