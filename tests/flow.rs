@@ -12,32 +12,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{connect_socket, Client};
+use common::{connect_socket, raise_open_file_limit, Client};
 use daemon::Daemon;
 
 /// Both tests load the machine; they must not overlap.
 static MACHINE: Mutex<()> = Mutex::new(());
-
-/// Raises this process's soft open-file limit to the hard limit.
-fn raise_open_file_limit() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes into the struct we own.
-    assert_eq!(
-        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) },
-        0,
-        "getrlimit"
-    );
-    limit.rlim_cur = limit.rlim_max;
-    // SAFETY: setrlimit only reads the struct we pass.
-    assert_eq!(
-        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) },
-        0,
-        "setrlimit"
-    );
-}
 
 /// Reads until a line that starts with `prefix`.
 fn read_until_prefix(client: &mut Client, prefix: &str) {
