@@ -599,7 +599,11 @@ mod tests {
         assert_eq!(Config::default().stats_interval, Duration::from_secs(300));
         let config = parse(&["--metrics", "127.0.0.1:9100"], &[]).unwrap();
         assert_eq!(config.metrics, Some("127.0.0.1:9100".parse().unwrap()));
-        let config = parse(&["--metrics", ":9100"], &[("APOLLONION_STATS_INTERVAL", "0")]).unwrap();
+        let config = parse(
+            &["--metrics", ":9100"],
+            &[("APOLLONION_STATS_INTERVAL", "0")],
+        )
+        .unwrap();
         assert_eq!(config.metrics, Some("0.0.0.0:9100".parse().unwrap()));
         assert_eq!(config.stats_interval, Duration::ZERO);
         let config = parse(&["--metrics", "off"], &[("APOLLONION_METRICS", ":1")]).unwrap();

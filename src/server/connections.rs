@@ -293,7 +293,13 @@ impl Connections {
 
     /// Queues `data`, holding `lines` lines, on one connection, honouring
     /// its cap, and keeps the byte and line accounting.
-    fn enqueue(&mut self, key: usize, data: Bytes, lines: u64, receipt: Option<ReceiptTag>) -> Sent {
+    fn enqueue(
+        &mut self,
+        key: usize,
+        data: Bytes,
+        lines: u64,
+        receipt: Option<ReceiptTag>,
+    ) -> Sent {
         let Some(conn) = self.slab.get_mut(key) else {
             return Sent::Skipped;
         };

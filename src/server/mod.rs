@@ -41,10 +41,10 @@ use crate::Config;
 use acceptor::Acceptor;
 use connections::Connections;
 use metrics_endpoint::MetricsEndpoint;
-use telemetry::Telemetry;
 use rate::RateLimit;
 use session::Rules;
 use shutdown::{ShutdownState, SHUTDOWN_SIGNALS};
+use telemetry::Telemetry;
 use timers::Timers;
 
 /// What a poll token stands for. Tokens below `FIRST_CLIENT` are the
@@ -313,9 +313,8 @@ impl Server {
                     }
                     Some(Source::MetricsConnection(key)) => {
                         if let Some(endpoint) = &mut self.metrics {
-                            let readable = event.is_readable()
-                                || event.is_read_closed()
-                                || event.is_error();
+                            let readable =
+                                event.is_readable() || event.is_read_closed() || event.is_error();
                             let writable = event.is_writable() || event.is_write_closed();
                             endpoint.on_connection_event(key, readable, writable);
                         }

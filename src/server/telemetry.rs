@@ -187,7 +187,9 @@ impl Server {
                 self.telemetry.notify(&systemd::status(&text));
             }
         }
-        self.telemetry.turns.observe(now.saturating_duration_since(started));
+        self.telemetry
+            .turns
+            .observe(now.saturating_duration_since(started));
     }
 
     /// The earliest of the reports' deadlines.
