@@ -74,6 +74,22 @@ pub fn split_lines(mut chunk: Bytes) -> impl Iterator<Item = Bytes> {
     })
 }
 
+/// Something the transport may want to log, which the chat (having no
+/// logger) reports instead. The transport drains them with
+/// [`Chat::take_events`] every loop turn.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChatEvent {
+    /// A chatting client changed its nickname.
+    Renamed {
+        id: ClientId,
+        old: String,
+        new: String,
+    },
+    /// A chatting client left the chat (any cause, shutdown included),
+    /// under this nickname; the transport closes its connection later.
+    Left { id: ClientId, nick: String },
+}
+
 /// Why a client went away without `/quit`; decides the leave notice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LeaveReason {
@@ -197,6 +213,9 @@ pub struct Chat {
     speakers: Speakers,
     receipts: Receipts,
     shut_down: bool,
+    events: Vec<ChatEvent>,
+    /// `/msg` lines to an existing user, since start.
+    direct_messages: u64,
 }
 
 impl Chat {
@@ -214,6 +233,8 @@ impl Chat {
             speakers: Speakers::default(),
             receipts: Receipts::default(),
             shut_down: false,
+            events: Vec::new(),
+            direct_messages: 0,
         }
     }
 
@@ -390,8 +411,12 @@ impl Chat {
         self.shut_down = true;
         let notice = notice_line("server shutting down");
         for (index, slot) in self.clients.iter_mut().enumerate() {
-            if slot.take().is_some() {
+            if let Some(client) = slot.take() {
                 let id = ClientId(index);
+                if let Some(chatter) = client.chatter {
+                    let nick = chatter.nick;
+                    self.events.push(ChatEvent::Left { id, nick });
+                }
                 out.send(id, notice.clone(), None);
                 out.close(id, Close::Shutdown);
             }
@@ -417,6 +442,17 @@ impl Chat {
     /// The nickname of a chatting client, for the transport's log.
     pub fn nick(&self, id: ClientId) -> Option<&str> {
         self.chatter(id).map(|chatter| chatter.nick.as_str())
+    }
+
+    /// What happened since the last call that the transport may log. The
+    /// transport must drain these every loop turn, or they pile up.
+    pub fn take_events(&mut self) -> Vec<ChatEvent> {
+        std::mem::take(&mut self.events)
+    }
+
+    /// Direct messages sent to an existing user since start.
+    pub fn direct_messages(&self) -> u64 {
+        self.direct_messages
     }
 
     /// Counts for logs, tests and leak checks.
@@ -492,6 +528,8 @@ impl Chat {
                 self.leave_room(out, chatter.room, id, &chatter.nick);
                 self.nicks.release(&chatter.nick);
                 self.chatting -= 1;
+                let nick = chatter.nick;
+                self.events.push(ChatEvent::Left { id, nick });
                 if let Some(next) = self.waiting.pop_front() {
                     self.admit(out, next);
                 }
@@ -660,6 +698,8 @@ impl Chat {
                 );
                 if old != new {
                     self.announce(room, id, format_args!("{old} is now known as {new}"));
+                    let new = new.to_string();
+                    self.events.push(ChatEvent::Renamed { id, old, new });
                 }
             }
         }
@@ -759,6 +799,7 @@ impl Chat {
         };
         let line = text_line(format_args!("(dm) {nick}: {text}"));
         let target_nick = target_nick.to_string();
+        self.direct_messages += 1;
         let tag = self.receipts.open_direct(origin, target_nick.clone());
         if self.deliver(out, target, line, Some(tag)) == Sent::Skipped {
             // Not "left": the recipient is there but not reading.

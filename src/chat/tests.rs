@@ -1390,3 +1390,38 @@ proptest! {
         );
     }
 }
+
+#[test]
+fn renames_leaves_and_direct_messages_are_reported_for_the_transport_log() {
+    let mut net = Net::new();
+    let [a, b] = net.chatters::<2>();
+    let old = net.nick(a);
+    net.chat.take_events();
+    net.say(a, "/nick ada");
+    net.say(a, "/nick ada");
+    net.say(b, "/msg ada hi");
+    net.say(b, "/msg nobody hi");
+    assert_eq!(net.chat.direct_messages(), 1);
+    net.say(a, "/quit");
+    let b_nick = net.nick(b);
+    net.chat.on_shutdown(&mut net.out);
+    assert_eq!(
+        net.chat.take_events(),
+        vec![
+            ChatEvent::Renamed {
+                id: a,
+                old,
+                new: "ada".into()
+            },
+            ChatEvent::Left {
+                id: a,
+                nick: "ada".into()
+            },
+            ChatEvent::Left {
+                id: b,
+                nick: b_nick
+            },
+        ]
+    );
+    assert!(net.chat.take_events().is_empty(), "drained");
+}
