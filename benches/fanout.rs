@@ -3,6 +3,12 @@
 //! - `core_fanout/{1,100}_lines_per_turn/N`: the chat core handing one or
 //!   a hundred lines said in one loop turn to a room of N members, into
 //!   real out-queues (throughput in deliveries).
+//! - `core_fanout/speakers/S`: S members of a 1,000-member room each say
+//!   one line in the same turn (throughput in deliveries).
+//! - `core_fanout/burst`: 60 members of a 100-member room each say 16
+//!   lines of 4,000 bytes in one turn (into queues without a cap).
+//! - `who/N` and `rooms/N`: one `/who` in a room of N members, one `/rooms`
+//!   with N rooms.
 //! - `flush/{vectored,write_per_line}/K`: K queued lines written into a
 //!   loopback socket, with one vectored write versus one write per line (the
 //!   baseline, measured in the same run).
@@ -23,7 +29,8 @@ use apollonion::{Config, Server};
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
-/// One real out-queue per member, capped like the daemon's default.
+/// One real out-queue per member, capped like the daemon's default unless
+/// a benchmark needs room for a burst.
 struct Queues {
     queues: Vec<OutQueue>,
 }
@@ -56,9 +63,20 @@ impl Queues {
             queue.discard();
         }
     }
+
+    /// Empties one member's queue: a listing reaches only who asked for it.
+    fn clear_one(&mut self, id: ClientId) {
+        if let Some(queue) = self.queues.get_mut(id.0) {
+            queue.discard();
+        }
+    }
 }
 
 fn room_of(members: usize) -> (Chat, Queues) {
+    room_with_cap(members, CAP)
+}
+
+fn room_with_cap(members: usize, cap: usize) -> (Chat, Queues) {
     let mut chat = Chat::new(ChatConfig {
         max_clients: members + 1,
         max_waiting: 0,
@@ -67,7 +85,7 @@ fn room_of(members: usize) -> (Chat, Queues) {
         announce_limit: 100,
     });
     let mut out = Queues {
-        queues: (0..members).map(|_| OutQueue::new(CAP)).collect(),
+        queues: (0..members).map(|_| OutQueue::new(cap)).collect(),
     };
     let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
     for id in 0..members {
@@ -99,6 +117,72 @@ fn core_fanout(c: &mut Criterion) {
                 })
             });
         }
+    }
+    let members = 1000;
+    for speakers in [1, 100, 1000] {
+        let (mut chat, mut out) = room_of(members);
+        group.throughput(Throughput::Elements(speakers as u64 * (members as u64 - 1)));
+        let id = BenchmarkId::new("speakers", speakers);
+        group.bench_with_input(id, &speakers, |b, &speakers| {
+            b.iter(|| {
+                for speaker in 0..speakers {
+                    chat.on_line(&mut out, ClientId(speaker), &line);
+                }
+                chat.end_turn(&mut out);
+                out.clear();
+            })
+        });
+    }
+    let (mut chat, mut out) = room_with_cap(100, usize::MAX / 2);
+    let long = "y".repeat(4000);
+    group.throughput(Throughput::Elements(60 * 16 * 99));
+    group.bench_function("burst", |b| {
+        b.iter(|| {
+            // The reactor reads each connection's input whole, so each
+            // speaker's lines are together in the turn.
+            for speaker in 0..60 {
+                for _ in 0..16 {
+                    chat.on_line(&mut out, ClientId(speaker), &long);
+                }
+            }
+            chat.end_turn(&mut out);
+            out.clear();
+        })
+    });
+    group.finish();
+}
+
+/// `/who` in one big room: it lists 100 names, whatever the room's size.
+fn who(c: &mut Criterion) {
+    let mut group = c.benchmark_group("who");
+    for members in [100, 10_000] {
+        let (mut chat, mut out) = room_of(members);
+        group.bench_with_input(BenchmarkId::from_parameter(members), &members, |b, _| {
+            b.iter(|| {
+                chat.on_line(&mut out, ClientId(0), "/who");
+                out.clear_one(ClientId(0));
+            })
+        });
+    }
+    group.finish();
+}
+
+/// `/rooms` with one member in each of `rooms` rooms: it lists 100 rooms.
+fn rooms(c: &mut Criterion) {
+    let mut group = c.benchmark_group("rooms");
+    for rooms in [100, 10_000] {
+        let (mut chat, mut out) = room_of(rooms);
+        for member in 1..rooms {
+            chat.on_line(&mut out, ClientId(member), &format!("/join #room-{member}"));
+        }
+        chat.end_turn(&mut out);
+        out.clear();
+        group.bench_with_input(BenchmarkId::from_parameter(rooms), &rooms, |b, _| {
+            b.iter(|| {
+                chat.on_line(&mut out, ClientId(0), "/rooms");
+                out.clear_one(ClientId(0));
+            })
+        });
     }
     group.finish();
 }
@@ -193,5 +277,5 @@ fn end_to_end(c: &mut Criterion) {
     thread.join().expect("server thread").expect("server run");
 }
 
-criterion_group!(benches, core_fanout, flush, end_to_end);
+criterion_group!(benches, core_fanout, who, rooms, flush, end_to_end);
 criterion_main!(benches);

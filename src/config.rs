@@ -36,6 +36,10 @@ pub struct Config {
     pub cluster_name: String,
     /// A server not heard of for this long is taken as lost.
     pub node_timeout: Duration,
+    /// Where to serve Prometheus metrics; `None` is off.
+    pub metrics: Option<SocketAddr>,
+    /// How often to log the stats line; zero means off.
+    pub stats_interval: Duration,
 }
 
 impl Default for Config {
@@ -57,6 +61,8 @@ impl Default for Config {
             redis: None,
             cluster_name: "apollonion".to_string(),
             node_timeout: Duration::from_secs(10),
+            metrics: None,
+            stats_interval: Duration::from_secs(300),
         }
     }
 }
@@ -243,6 +249,20 @@ pub const FLAGS: &[Flag] = &[
         set: |c, v| parse_seconds(v).map(|value| c.node_timeout = value),
         show: |c| c.node_timeout.as_secs().to_string(),
     },
+    Flag {
+        name: "metrics",
+        placeholder: "ADDR",
+        help: "serve Prometheus metrics at http://ADDR/metrics (same forms as --listen); off = no metrics",
+        set: |c, v| parse_metrics(v).map(|value| c.metrics = value),
+        show: |c| c.metrics.map_or_else(|| "off".to_string(), |addr| addr.to_string()),
+    },
+    Flag {
+        name: "stats-interval",
+        placeholder: "SECS",
+        help: "log a one-line summary at info this often; 0 = off",
+        set: |c, v| parse_seconds(v).map(|value| c.stats_interval = value),
+        show: |c| c.stats_interval.as_secs().to_string(),
+    },
 ];
 
 fn parse_redis(value: &str) -> Result<Option<RedisUrl>, &'static str> {
@@ -301,6 +321,14 @@ fn parse_listen(value: &str) -> Result<SocketAddr, &'static str> {
         .ok()
         .and_then(|mut addrs| addrs.next())
         .ok_or("a host name that resolves, with :PORT")
+}
+
+/// `off` (or nothing), or an address as `--listen` takes it.
+fn parse_metrics(value: &str) -> Result<Option<SocketAddr>, &'static str> {
+    if value.is_empty() || value.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    parse_listen(value).map(Some)
 }
 
 fn parse_level(value: &str) -> Result<log::LevelFilter, &'static str> {
@@ -624,8 +652,35 @@ mod tests {
     }
 
     #[test]
+    fn metrics_is_off_by_default_and_takes_an_address_or_off() {
+        assert_eq!(Config::default().metrics, None);
+        assert_eq!(Config::default().stats_interval, Duration::from_secs(300));
+        let config = parse(&["--metrics", "127.0.0.1:9100"], &[]).unwrap();
+        assert_eq!(config.metrics, Some("127.0.0.1:9100".parse().unwrap()));
+        let config = parse(
+            &["--metrics", ":9100"],
+            &[("APOLLONION_STATS_INTERVAL", "0")],
+        )
+        .unwrap();
+        assert_eq!(config.metrics, Some("0.0.0.0:9100".parse().unwrap()));
+        assert_eq!(config.stats_interval, Duration::ZERO);
+        let config = parse(&["--metrics", "off"], &[("APOLLONION_METRICS", ":1")]).unwrap();
+        assert_eq!(config.metrics, None);
+        assert!(matches!(
+            parse(&["--metrics", "nowhere"], &[]),
+            Err(ConfigError::BadValue { .. })
+        ));
+        assert!(help_text().contains("--metrics ADDR"));
+    }
+
+    #[test]
     fn durations_beyond_ten_years_are_refused() {
-        for flag in ["--idle-timeout", "--write-timeout", "--shutdown-grace"] {
+        for flag in [
+            "--idle-timeout",
+            "--write-timeout",
+            "--shutdown-grace",
+            "--stats-interval",
+        ] {
             for value in ["18446744073709551615", "315360001"] {
                 let err = parse(&[flag, value], &[]).unwrap_err();
                 assert!(
@@ -671,7 +726,7 @@ mod tests {
                 let resolvable = value.rsplit_once(':').is_some_and(|(host, _)| {
                     !host.is_empty() && host.trim_matches(['[', ']']).parse::<std::net::IpAddr>().is_err()
                 });
-                if flag.name == "listen" && resolvable {
+                if (flag.name == "listen" || flag.name == "metrics") && resolvable {
                     continue;
                 }
                 if from_env {
@@ -682,7 +737,7 @@ mod tests {
             }
             if let Ok(config) = Config::from_args_and_env(args, env) {
                 let now = std::time::Instant::now();
-                for duration in [config.idle_timeout, config.write_timeout, config.shutdown_grace] {
+                for duration in [config.idle_timeout, config.write_timeout, config.shutdown_grace, config.stats_interval] {
                     prop_assert!(now.checked_add(duration).is_some());
                 }
                 let _ = help_text();

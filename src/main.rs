@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use apollonion::config::{help_text, version_text, ConfigError, Parsed};
-use apollonion::{Config, Server, Stopped};
+use apollonion::{systemd, Config, Server, Stopped};
 
 /// Exit code after a second signal cut the shutdown short: the shell's
 /// convention for "ended by SIGINT".
@@ -26,6 +26,15 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
         };
+    // Before anything could start a thread: this also clears the
+    // LISTEN_* variables.
+    let activated = match systemd::listener_from_env() {
+        Ok(listener) => listener,
+        Err(err) => {
+            eprintln!("apollonion: {err}");
+            return ExitCode::from(1);
+        }
+    };
     if let Err(err) = simple_logger::SimpleLogger::new()
         .with_level(config.log_level)
         .init()
@@ -35,13 +44,22 @@ fn main() -> ExitCode {
     for warning in warnings {
         log::warn!("{warning}");
     }
-    let server = match Server::bind(config) {
+    if activated.is_some() {
+        log::info!(
+            "using the listening socket passed by systemd (LISTEN_FDS); --listen {} is ignored",
+            config.listen
+        );
+    }
+    let mut server = match Server::bind_with(config, activated) {
         Ok(server) => server,
         Err(err) => {
             eprintln!("apollonion: {err}");
             return ExitCode::from(1);
         }
     };
+    if let Some(notifier) = systemd::Notifier::from_env() {
+        server.notify_systemd(notifier);
+    }
     match server.run() {
         Ok(Stopped::Orderly) => ExitCode::SUCCESS,
         Ok(Stopped::Forced) => ExitCode::from(FORCED_EXIT),

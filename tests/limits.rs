@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 
 use apollonion::chat::ChatStats;
 use apollonion::{ServerStats, StatsHandle};
-use common::{connect_socket, set_linger_zero, Client, TestServer, PATIENCE};
+use common::{
+    connect_socket, raise_open_file_limit, set_linger_zero, Client, TestServer, PATIENCE,
+};
 use daemon::Daemon;
 
 /// Tests in this file run on parallel threads of one process. Those that
@@ -52,29 +54,6 @@ fn wait_for_stats(
         );
         thread::sleep(Duration::from_millis(5));
     }
-}
-
-/// Raises this process's soft open-file limit to the hard limit, which it
-/// returns.
-fn raise_open_file_limit() -> libc::rlim_t {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes into the struct we own.
-    assert_eq!(
-        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) },
-        0,
-        "getrlimit"
-    );
-    limit.rlim_cur = limit.rlim_max;
-    // SAFETY: setrlimit only reads the struct we pass.
-    assert_eq!(
-        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) },
-        0,
-        "setrlimit"
-    );
-    limit.rlim_max
 }
 
 /// The nickname in a `* welcome NICK …` line.

@@ -17,8 +17,8 @@ use std::collections::{HashMap, VecDeque};
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
+use batch::Speakers;
 use bytes::Bytes;
-
 use command::Command;
 use names::{NickError, Nicknames};
 pub use peers::{Alone, Claim, ClaimAnswer, Peers, Route, Ticket};
@@ -81,6 +81,22 @@ pub fn split_lines(mut chunk: Bytes) -> impl Iterator<Item = Bytes> {
             .map_or(chunk.len(), |at| at + 1);
         Some(chunk.split_to(end))
     })
+}
+
+/// Something the transport may want to log, which the chat (having no
+/// logger) reports instead. The transport drains them with
+/// [`Chat::take_events`] every loop turn.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChatEvent {
+    /// A chatting client changed its nickname.
+    Renamed {
+        id: ClientId,
+        old: String,
+        new: String,
+    },
+    /// A chatting client left the chat (any cause, shutdown included),
+    /// under this nickname; the transport closes its connection later.
+    Left { id: ClientId, nick: String },
 }
 
 /// Why a client went away without `/quit`; decides the leave notice.
@@ -168,8 +184,6 @@ struct Client {
 struct Chatter {
     nick: String,
     room: RoomId,
-    /// Position in the room's member list.
-    slot: usize,
     receipts: bool,
     /// Room lines sent with receipts on, for the `#SEQ` in receipts.
     receipt_seq: u64,
@@ -230,10 +244,15 @@ pub struct Chat<P: Peers = Alone> {
     rooms: Rooms,
     /// Rooms whose batch may hold lines of this turn.
     batched_rooms: Vec<RoomId>,
+    /// Working memory for handing out room batches.
+    speakers: Speakers,
     receipts: Receipts,
     /// Settled direct messages from other servers, to report back.
     relayed: Vec<(u64, bool)>,
     shut_down: bool,
+    events: Vec<ChatEvent>,
+    /// `/msg` lines to an existing user, since start.
+    direct_messages: u64,
 }
 
 impl Chat<Alone> {
@@ -257,9 +276,12 @@ impl<P: Peers> Chat<P> {
             nicks: Nicknames::default(),
             rooms: Rooms::default(),
             batched_rooms: Vec::new(),
+            speakers: Speakers::default(),
             receipts: Receipts::default(),
             relayed: Vec::new(),
             shut_down: false,
+            events: Vec::new(),
+            direct_messages: 0,
         }
     }
 
@@ -437,13 +459,15 @@ impl<P: Peers> Chat<P> {
         let notice = notice_line("server shutting down");
         for (index, slot) in self.clients.iter_mut().enumerate() {
             if let Some(client) = slot.take() {
+                let id = ClientId(index);
                 if let Some(chatter) = client.chatter {
                     // The names are free for the other servers' users.
                     self.peers.release_nick(&chatter.nick.to_ascii_lowercase());
                     let room = self.rooms.get(chatter.room).name.as_str();
                     self.peers.member_left(room, &chatter.nick, 0);
+                    let nick = chatter.nick;
+                    self.events.push(ChatEvent::Left { id, nick });
                 }
-                let id = ClientId(index);
                 out.send(id, notice.clone(), None);
                 out.close(id, Close::Shutdown);
             }
@@ -610,12 +634,13 @@ impl<P: Peers> Chat<P> {
         };
         match rooms {
             Some(mut rooms) => {
+                if !rooms.iter().any(|(name, _)| name == LOBBY) {
+                    rooms.push((LOBBY.to_string(), 0));
+                }
                 rooms.sort_unstable();
-                let listing: Vec<(&str, usize)> = rooms
-                    .iter()
-                    .map(|(name, count)| (name.as_str(), *count))
-                    .collect();
-                self.send_room_listing(out, id, &listing);
+                let listing = rooms.iter().map(|(name, count)| (name.as_str(), *count));
+                let text = room_listing(listing, rooms.len());
+                self.deliver(out, id, notice_line(text), None);
             }
             None => self.list_local_rooms(out, id),
         }
@@ -678,6 +703,17 @@ impl<P: Peers> Chat<P> {
         Some((waiter.client, waiter.awaited))
     }
 
+    /// What happened since the last call that the transport may log. The
+    /// transport must drain these every loop turn, or they pile up.
+    pub fn take_events(&mut self) -> Vec<ChatEvent> {
+        std::mem::take(&mut self.events)
+    }
+
+    /// Direct messages sent to an existing user since start.
+    pub fn direct_messages(&self) -> u64 {
+        self.direct_messages
+    }
+
     /// Counts for logs, tests and leak checks.
     pub fn stats(&self) -> ChatStats {
         ChatStats {
@@ -709,12 +745,11 @@ impl<P: Peers> Chat<P> {
         if self.peers.spans_servers() {
             self.peers.claim_nick(0, &nick);
         }
-        let (room, slot) = self.enter_room(out, LOBBY, id, &nick);
+        let room = self.enter_room(out, LOBBY, id, &nick);
         if let Some(Some(client)) = self.clients.get_mut(id.0) {
             client.chatter = Some(Chatter {
                 nick: nick.clone(),
                 room,
-                slot,
                 receipts: false,
                 receipt_seq: 0,
             });
@@ -753,10 +788,12 @@ impl<P: Peers> Chat<P> {
                     id,
                     format_args!("{} left {room_name}{suffix}", chatter.nick),
                 );
-                self.leave_room(out, chatter.room, chatter.slot, &chatter.nick);
+                self.leave_room(out, chatter.room, id, &chatter.nick);
                 self.nicks.release(&chatter.nick);
                 self.peers.release_nick(&chatter.nick.to_ascii_lowercase());
                 self.chatting -= 1;
+                let nick = chatter.nick;
+                self.events.push(ChatEvent::Left { id, nick });
                 if let Some(next) = self.waiting.pop_front() {
                     self.admit(out, next);
                 }
@@ -766,24 +803,20 @@ impl<P: Peers> Chat<P> {
 
     /// Hands out what was said in the room before it loses a member, so
     /// that member still gets it and the receipt counts stay exact.
-    fn leave_room(&mut self, out: &mut impl Outbox, room: RoomId, slot: usize, nick: &str) {
+    fn leave_room(&mut self, out: &mut impl Outbox, room: RoomId, id: ClientId, nick: &str) {
         self.flush_room(out, room);
         let name = self
             .peers
             .spans_servers()
             .then(|| self.rooms.get(room).name.clone());
-        let left = self.rooms.leave(room, slot);
+        self.rooms
+            .leave(room, id, member_order(&self.clients, id, nick));
         if let Some(name) = name {
             let local = self
                 .rooms
                 .find(&name)
                 .map_or(0, |id| self.rooms.get(id).members.len());
             self.peers.member_left(&name, nick, local);
-        }
-        if let Some(moved) = left {
-            if let Some(chatter) = self.chatter_mut(moved.member) {
-                chatter.slot = moved.slot;
-            }
         }
     }
 
@@ -795,14 +828,16 @@ impl<P: Peers> Chat<P> {
         name: &str,
         id: ClientId,
         nick: &str,
-    ) -> (RoomId, usize) {
+    ) -> RoomId {
         if let Some(room) = self.rooms.find(name) {
             self.flush_room(out, room);
         }
-        let (room, slot) = self.rooms.join(name, id);
+        let room = self
+            .rooms
+            .join(name, id, member_order(&self.clients, id, nick));
         let local = self.rooms.get(room).members.len();
         self.peers.member_joined(name, nick, local);
-        (room, slot)
+        room
     }
 
     /// Members of a room on every server, as far as known.
@@ -886,7 +921,7 @@ impl<P: Peers> Chat<P> {
             return;
         }
         let block = room.batch.take();
-        let skipped = block.deliver(&room.members, out);
+        let skipped = block.deliver(&room.members, &mut self.speakers, out);
         self.peers
             .room_batch(&room.name, block.bytes(), block.line_count());
         for tag in skipped {
@@ -965,6 +1000,12 @@ impl<P: Peers> Chat<P> {
                 };
                 chatter.nick = new.to_string();
                 let room = chatter.room;
+                self.rooms.resort(
+                    room,
+                    id,
+                    member_order(&self.clients, id, &old),
+                    member_order(&self.clients, id, new),
+                );
                 if !old.eq_ignore_ascii_case(new) {
                     self.peers.release_nick(&old.to_ascii_lowercase());
                 }
@@ -982,6 +1023,8 @@ impl<P: Peers> Chat<P> {
                 );
                 if old != new {
                     self.announce(room, id, format_args!("{old} is now known as {new}"));
+                    let new = new.to_string();
+                    self.events.push(ChatEvent::Renamed { id, old, new });
                 }
             }
         }
@@ -1000,7 +1043,7 @@ impl<P: Peers> Chat<P> {
         let Some(chatter) = self.chatter(id) else {
             return;
         };
-        let (old_room, old_slot, nick) = (chatter.room, chatter.slot, chatter.nick.clone());
+        let (old_room, nick) = (chatter.room, chatter.nick.clone());
         if self.rooms.find(&name) == Some(old_room) {
             self.deliver(
                 out,
@@ -1012,11 +1055,10 @@ impl<P: Peers> Chat<P> {
         }
         let old_name = self.rooms.get(old_room).name.clone();
         self.announce(old_room, id, format_args!("{nick} left {old_name}"));
-        self.leave_room(out, old_room, old_slot, &nick);
-        let (room, slot) = self.enter_room(out, &name, id, &nick);
+        self.leave_room(out, old_room, id, &nick);
+        let room = self.enter_room(out, &name, id, &nick);
         if let Some(chatter) = self.chatter_mut(id) {
             chatter.room = room;
-            chatter.slot = slot;
         }
         self.announce(room, id, format_args!("{nick} joined {name}"));
         let here = self.room_size(room);
@@ -1038,39 +1080,12 @@ impl<P: Peers> Chat<P> {
                 self.waiters.remove(&ticket);
             }
         }
-        self.list_local_rooms(out, id);
+        let text = room_listing(self.rooms.listing(), self.rooms.len());
+        self.deliver(out, id, notice_line(text), None);
     }
 
     fn list_local_rooms(&mut self, out: &mut impl Outbox, id: ClientId) {
-        let listing: Vec<(String, usize)> = self
-            .rooms
-            .listing()
-            .into_iter()
-            .map(|(name, count)| (name.to_string(), count))
-            .collect();
-        let listing: Vec<(&str, usize)> = listing
-            .iter()
-            .map(|(name, count)| (name.as_str(), *count))
-            .collect();
-        self.send_room_listing(out, id, &listing);
-    }
-
-    fn send_room_listing(
-        &mut self,
-        out: &mut impl Outbox,
-        id: ClientId,
-        listing: &[(&str, usize)],
-    ) {
-        let mut text = String::from("rooms: ");
-        for (index, (name, count)) in listing.iter().take(LIST_LIMIT).enumerate() {
-            if index > 0 {
-                text.push_str(", ");
-            }
-            let _ = write!(text, "{name} ({count})");
-        }
-        if listing.len() > LIST_LIMIT {
-            let _ = write!(text, ", … and {} more", listing.len() - LIST_LIMIT);
-        }
+        let text = room_listing(self.rooms.listing(), self.rooms.len());
         self.deliver(out, id, notice_line(text), None);
     }
 
@@ -1096,21 +1111,16 @@ impl<P: Peers> Chat<P> {
             return;
         };
         let room = self.rooms.get(chatter.room);
-        let mut names: Vec<&str> = room
+        // The members are kept in the order shown.
+        let names: Vec<&str> = room
             .members
             .iter()
+            .take(LIST_LIMIT)
             .filter_map(|&member| self.nick(member))
             .collect();
-        // Only the first names are shown, so a huge room needs only a partial
-        // sort.
-        if names.len() > LIST_LIMIT {
-            names.select_nth_unstable_by(LIST_LIMIT, |a, b| by_name(a, b));
-        }
-        let shown = names.len().min(LIST_LIMIT);
-        names[..shown].sort_unstable_by(|a, b| by_name(a, b));
-        let mut text = format!("in {}: {}", room.name, names[..shown].join(", "));
-        if names.len() > LIST_LIMIT {
-            let _ = write!(text, ", … and {} more", names.len() - LIST_LIMIT);
+        let mut text = format!("in {}: {}", room.name, names.join(", "));
+        if room.members.len() > LIST_LIMIT {
+            let _ = write!(text, ", … and {} more", room.members.len() - LIST_LIMIT);
         }
         self.deliver(out, id, notice_line(text), None);
     }
@@ -1151,6 +1161,7 @@ impl<P: Peers> Chat<P> {
         };
         let line = text_line(format_args!("(dm) {nick}: {text}"));
         let target_nick = target_nick.to_string();
+        self.direct_messages += 1;
         let tag = self.receipts.open_direct(origin, target_nick.clone());
         if self.deliver(out, target, line, Some(tag)) == Sent::Skipped {
             // Not "left": the recipient is there but not reading.
@@ -1244,6 +1255,29 @@ pub struct ChatStats {
     pub addresses: usize,
 }
 
+/// How `other` sorts against `subject`, named `nick`, in a room's member
+/// list. The subject itself compares equal whatever name the table holds for
+/// it, so it is found while it is being renamed or after it was forgotten.
+fn member_order<'a>(
+    clients: &'a [Option<Client>],
+    subject: ClientId,
+    nick: &'a str,
+) -> impl FnMut(&ClientId) -> std::cmp::Ordering + 'a {
+    move |&other| {
+        if other == subject {
+            return std::cmp::Ordering::Equal;
+        }
+        let other_nick = clients
+            .get(other.0)
+            .and_then(Option::as_ref)
+            .and_then(|client| client.chatter.as_ref())
+            .map(|chatter| chatter.nick.as_str());
+        other_nick.map_or(std::cmp::Ordering::Less, |other_nick| {
+            by_name(other_nick, nick)
+        })
+    }
+}
+
 /// Orders nicknames ignoring case, then by exact spelling, without
 /// allocating: `/who` in a room of thousands compares many pairs.
 fn by_name(a: &str, b: &str) -> std::cmp::Ordering {
@@ -1251,6 +1285,22 @@ fn by_name(a: &str, b: &str) -> std::cmp::Ordering {
         .map(|byte| byte.to_ascii_lowercase())
         .cmp(b.bytes().map(|byte| byte.to_ascii_lowercase()))
         .then_with(|| a.cmp(b))
+}
+
+/// The `/rooms` line: the first rooms of `listing` (sorted by name) of
+/// `total`.
+fn room_listing<'a>(listing: impl Iterator<Item = (&'a str, usize)>, total: usize) -> String {
+    let mut text = String::from("rooms: ");
+    for (index, (name, count)) in listing.take(LIST_LIMIT).enumerate() {
+        if index > 0 {
+            text.push_str(", ");
+        }
+        let _ = write!(text, "{name} ({count})");
+    }
+    if total > LIST_LIMIT {
+        let _ = write!(text, ", … and {} more", total - LIST_LIMIT);
+    }
+    text
 }
 
 fn framed(prefix: &str, text: impl std::fmt::Display) -> Bytes {

@@ -1206,9 +1206,26 @@ impl Lcg {
     }
 }
 
-/// Nothing may be queued for a connection the transport has let go, and a
-/// `/rooms` listing must add up to everyone chatting.
+/// Nothing may be queued for a connection the transport has let go, a
+/// `/rooms` listing must add up to everyone chatting, and every room's
+/// members stay in the order `/who` shows them.
 fn check_recipients(net: &mut Net, live: &[ClientId]) {
+    let chat = &net.chat;
+    for (name, count) in chat.rooms.listing() {
+        let room = chat.rooms.get(chat.rooms.find(name).unwrap());
+        assert_eq!(room.members.len(), count);
+        let names: Vec<&str> = room
+            .members
+            .iter()
+            .map(|&m| chat.nick(m).unwrap())
+            .collect();
+        assert!(
+            names
+                .windows(2)
+                .all(|pair| by_name(pair[0], pair[1]).is_lt()),
+            "{name} out of order: {names:?}"
+        );
+    }
     for (to, line, _) in std::mem::take(&mut net.out.sent) {
         assert!(live.contains(&to), "{line:?} sent to {to:?}, which is gone");
         if let Some(counts) = line.trim_end().strip_prefix("* rooms: ") {
@@ -1372,4 +1389,39 @@ proptest! {
             (0, 0, 1, 0, 0)
         );
     }
+}
+
+#[test]
+fn renames_leaves_and_direct_messages_are_reported_for_the_transport_log() {
+    let mut net = Net::new();
+    let [a, b] = net.chatters::<2>();
+    let old = net.nick(a);
+    net.chat.take_events();
+    net.say(a, "/nick ada");
+    net.say(a, "/nick ada");
+    net.say(b, "/msg ada hi");
+    net.say(b, "/msg nobody hi");
+    assert_eq!(net.chat.direct_messages(), 1);
+    net.say(a, "/quit");
+    let b_nick = net.nick(b);
+    net.chat.on_shutdown(&mut net.out);
+    assert_eq!(
+        net.chat.take_events(),
+        vec![
+            ChatEvent::Renamed {
+                id: a,
+                old,
+                new: "ada".into()
+            },
+            ChatEvent::Left {
+                id: a,
+                nick: "ada".into()
+            },
+            ChatEvent::Left {
+                id: b,
+                nick: b_nick
+            },
+        ]
+    );
+    assert!(net.chat.take_events().is_empty(), "drained");
 }

@@ -169,6 +169,10 @@ pub struct Cluster {
     next_seq: u64,
     relays: HashMap<u64, (NodeId, u64)>,
     next_relay: u64,
+    /// Rooms subscribed to but not yet confirmed, with the publications to
+    /// them held back meanwhile: a server that published before its own
+    /// subscription was in place could miss the answers.
+    unconfirmed: HashMap<String, Vec<Bytes>>,
 }
 
 impl Cluster {
@@ -198,6 +202,7 @@ impl Cluster {
             next_seq: 0,
             relays: HashMap::new(),
             next_relay: 0,
+            unconfirmed: HashMap::new(),
         }
     }
 
@@ -230,8 +235,7 @@ impl Cluster {
             .push_back(Subscription::Subscribe(node_channel));
         let rooms: Vec<String> = self.local.keys().cloned().collect();
         for room in rooms {
-            self.subscriptions
-                .push_back(Subscription::Subscribe(self.keys.room_channel(&room)));
+            self.subscribe_room(&room);
             let names: Vec<String> = self.local[&room].iter().cloned().collect();
             for nick in names {
                 self.register_member(&room, &nick);
@@ -251,6 +255,7 @@ impl Cluster {
     pub fn link_down(&mut self) {
         self.link_up = false;
         self.subscriptions.clear();
+        self.unconfirmed.clear();
         self.remote.clear();
         self.deadlines.clear();
         self.next_alive_refresh = None;
@@ -320,6 +325,37 @@ impl Cluster {
         self.request(purpose, vec!["PUBLISH".into(), channel, payload]);
     }
 
+    fn subscribe_room(&mut self, room: &str) {
+        self.unconfirmed.insert(room.to_string(), Vec::new());
+        self.subscriptions
+            .push_back(Subscription::Subscribe(self.keys.room_channel(room)));
+    }
+
+    /// Publishes to a room's channel, or holds the payload back until the
+    /// room's subscription is confirmed.
+    fn publish_to_room(&mut self, room: &str, payload: Bytes) {
+        if let Some(held) = self.unconfirmed.get_mut(room) {
+            held.push(payload);
+            return;
+        }
+        let channel = self.keys.room_channel(room);
+        self.publish(channel, payload, Purpose::Fire);
+    }
+
+    fn release_held(&mut self, room: &str) {
+        for payload in self.unconfirmed.remove(room).unwrap_or_default() {
+            let channel = self.keys.room_channel(room);
+            self.publish(channel, payload, Purpose::Fire);
+        }
+    }
+
+    /// Redis confirmed a subscription of the subscriber link.
+    pub fn on_subscribed(&mut self, channel: &Bytes) {
+        if let Some(room) = self.room_of(channel) {
+            self.release_held(&room);
+        }
+    }
+
     fn publish_envelope(&mut self, channel: Bytes, message: Message) {
         let header = self.header();
         let payload = Envelope { header, message }.to_bytes();
@@ -335,8 +371,11 @@ impl Cluster {
         let due: Vec<String> = self.presence_due.drain().collect();
         for room in due {
             let members = self.local.get(&room).map_or(0, HashSet::len) as u64;
-            let channel = self.keys.room_channel(&room);
-            self.publish_envelope(channel, Message::Presence(Presence { room, members }));
+            let header = self.header();
+            let name = room.clone();
+            let message = Message::Presence(Presence { room, members });
+            let payload = Envelope { header, message }.to_bytes();
+            self.publish_to_room(&name, payload);
         }
     }
 
@@ -733,8 +772,7 @@ impl Peers for Cluster {
         let mut payload = bytes::BytesMut::with_capacity(16 + lines.len());
         encode_room_batch_header(&mut payload, header, line_count, &[]);
         payload.extend_from_slice(lines);
-        let channel = self.keys.room_channel(room);
-        self.publish(channel, payload.freeze(), Purpose::Fire);
+        self.publish_to_room(room, payload.freeze());
     }
 
     fn member_joined(&mut self, room: &str, nick: &str, _local: usize) {
@@ -746,8 +784,7 @@ impl Peers for Cluster {
             return;
         }
         if first {
-            self.subscriptions
-                .push_back(Subscription::Subscribe(self.keys.room_channel(room)));
+            self.subscribe_room(room);
         }
         self.register_member(room, nick);
         self.count_room(room);
@@ -771,6 +808,7 @@ impl Peers for Cluster {
         self.request(Purpose::Fire, vec!["HDEL".into(), key, field]);
         self.count_room(room);
         if last {
+            self.release_held(room);
             self.subscriptions
                 .push_back(Subscription::Unsubscribe(self.keys.room_channel(room)));
         }

@@ -66,6 +66,27 @@ impl Acceptor {
         })
     }
 
+    /// Takes a socket that is listening already (passed by systemd), as
+    /// it is: its backlog is the socket unit's `Backlog=`.
+    pub fn from_std(
+        listener: std::net::TcpListener,
+        registry: &Registry,
+        token: Token,
+    ) -> io::Result<Acceptor> {
+        listener.set_nonblocking(true)?;
+        let mut listener = TcpListener::from_std(listener);
+        let local_addr = listener.local_addr()?;
+        registry.register(&mut listener, token, Interest::READABLE)?;
+        Ok(Acceptor {
+            listener: Some(listener),
+            local_addr,
+            ready: true,
+            paused: false,
+            last_warning: None,
+            accepted: 0,
+        })
+    }
+
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
     }

@@ -11,7 +11,7 @@ use super::acceptor::{Accepted, ACCEPT_BACKOFF};
 use super::connections::Connection;
 use super::session::Session;
 use super::timers::{Timer, TimerKind};
-use super::{Server, Source, ACCEPT_BUDGET};
+use super::{telemetry, Server, Source, ACCEPT_BUDGET};
 use crate::chat::{Admission, ClientId};
 
 impl Server {
@@ -70,6 +70,7 @@ impl Server {
                 info!("client {key} from {peer} connected, waiting at place {place}")
             }
             Admission::Refused(why) => {
+                self.telemetry.refused.add(telemetry::refuse_reason(why));
                 info!("client {key} from {peer} refused: {}", why.describe())
             }
         }

@@ -9,7 +9,7 @@ use mio::net::TcpStream;
 
 use super::session::{CloseCause, Phase};
 use super::timers::TimerKind;
-use super::Server;
+use super::{telemetry, Server};
 use crate::chat::{ClientId, LeaveReason};
 
 impl Server {
@@ -55,11 +55,20 @@ impl Server {
             if conn.session.phase() == Phase::Closing {
                 close_gracefully(&mut conn.stream, &mut self.scratch);
             }
+            if let Some(counted) = telemetry::disconnect_cause(conn.session.cause()) {
+                self.telemetry.disconnects.add(counted);
+            }
             let cause = conn
                 .session
                 .cause()
                 .map_or_else(|| "closed".to_string(), CloseCause::describe);
-            info!("client {key} from {} disconnected: {cause}", conn.peer);
+            match &conn.nick {
+                Some(nick) => info!(
+                    "client {key} from {} ({nick}) disconnected: {cause}",
+                    conn.peer
+                ),
+                None => info!("client {key} from {} disconnected: {cause}", conn.peer),
+            }
         }
         self.prune_timers();
     }

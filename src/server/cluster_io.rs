@@ -168,12 +168,12 @@ impl ClusterIo {
             }
         }
         links
-            .command
-            .flush(&mut links.command_link)
-            .map_err(|e| e.to_string())?;
-        links
             .subscriber
             .flush(&mut links.subscriber_link)
+            .map_err(|e| e.to_string())?;
+        links
+            .command
+            .flush(&mut links.command_link)
             .map_err(|e| e.to_string())?;
         let command_read = links
             .command
@@ -199,6 +199,7 @@ impl ClusterIo {
                 SubscriberEvent::Message {
                     channel, payload, ..
                 } => cluster.on_message(&channel, &payload),
+                SubscriberEvent::Subscribed { channel, .. } => cluster.on_subscribed(&channel),
                 SubscriberEvent::Error(message) => {
                     warn!("Redis refused a subscription: {message}");
                 }

@@ -15,6 +15,7 @@ use slab::Slab;
 
 use super::out_queue::{Flushed, OutQueue};
 use super::session::{CloseCause, Phase, Session};
+use super::skip_warning::SkipWarnings;
 use crate::chat::{split_lines, ClientId, Close, Outbox, ReceiptTag, Sent};
 
 pub struct Connection {
@@ -35,6 +36,10 @@ pub struct Connection {
     /// The earliest deadline a timer is scheduled for; a later deadline
     /// needs no new timer, as the earlier one re-arms when it fires.
     pub timer_at: Option<Instant>,
+    /// The nickname it last chatted under, for the disconnect log line;
+    /// set when the chat lets it go.
+    pub nick: Option<String>,
+    pub skip_warnings: SkipWarnings,
 }
 
 impl Connection {
@@ -57,6 +62,8 @@ impl Connection {
             in_flush_list: false,
             wants_writable: false,
             timer_at: None,
+            nick: None,
+            skip_warnings: SkipWarnings::default(),
         }
     }
 
@@ -85,6 +92,19 @@ pub struct Connections {
     queued_bytes: usize,
     /// The most bytes any one connection has had queued.
     peak_queue: usize,
+    /// Line copies queued for clients since start (a line to ten people is
+    /// ten); lines skipped for a full queue are not in it.
+    lines_queued: u64,
+    /// Lines not queued because the client's queue was full.
+    lines_skipped: u64,
+    /// Bytes the kernel took from us, on all connections, since start.
+    bytes_written: u64,
+    /// The last multi-line chunk counted, and its line count: a room's turn
+    /// goes to every member as the same chunk, so it is counted once, not
+    /// once per member. Holding the `Bytes` keeps the identity check exact.
+    counted_chunk: Option<(Bytes, u64)>,
+    /// Connections with skips not yet looked at for a warning.
+    skip_list: Vec<usize>,
 }
 
 impl Connections {
@@ -98,11 +118,39 @@ impl Connections {
             now,
             queued_bytes: 0,
             peak_queue: 0,
+            lines_queued: 0,
+            lines_skipped: 0,
+            bytes_written: 0,
+            counted_chunk: None,
+            skip_list: Vec::new(),
         }
     }
 
     pub fn start_turn(&mut self, now: Instant) {
         self.now = now;
+    }
+
+    /// Drops the chunk kept for counting, so it pins no block while the
+    /// loop sleeps.
+    pub fn forget_counted_chunk(&mut self) {
+        self.counted_chunk = None;
+    }
+
+    pub fn lines_queued(&self) -> u64 {
+        self.lines_queued
+    }
+
+    pub fn lines_skipped(&self) -> u64 {
+        self.lines_skipped
+    }
+
+    pub fn bytes_written(&self) -> u64 {
+        self.bytes_written
+    }
+
+    /// Connections that had lines skipped since the last call.
+    pub fn take_skip_list(&mut self) -> Vec<usize> {
+        std::mem::take(&mut self.skip_list)
     }
 
     /// The key the next `insert` will use, for registering its socket first.
@@ -218,6 +266,7 @@ impl Connections {
         let result = conn.out.write_to(&mut conn.stream, written);
         let sent = before - conn.out.pending();
         self.queued_bytes -= sent;
+        self.bytes_written += sent as u64;
         conn.session
             .output_written(sent, conn.out.is_empty(), self.now);
         Some(result)
@@ -242,9 +291,15 @@ impl Connections {
         conn.out.discard()
     }
 
-    /// Queues `data` on one connection, honouring its cap, and keeps the
-    /// byte accounting.
-    fn enqueue(&mut self, key: usize, data: Bytes, receipt: Option<ReceiptTag>) -> Sent {
+    /// Queues `data`, holding `lines` lines, on one connection, honouring
+    /// its cap, and keeps the byte and line accounting.
+    fn enqueue(
+        &mut self,
+        key: usize,
+        data: Bytes,
+        lines: u64,
+        receipt: Option<ReceiptTag>,
+    ) -> Sent {
         let Some(conn) = self.slab.get_mut(key) else {
             return Sent::Skipped;
         };
@@ -254,8 +309,13 @@ impl Connections {
         let was_empty = conn.out.is_empty();
         let len = data.len();
         if !conn.out.push(data, receipt, self.ignore_cap) {
+            self.lines_skipped += lines;
+            if conn.skip_warnings.skipped() {
+                self.skip_list.push(key);
+            }
             return Sent::Skipped;
         }
+        self.lines_queued += lines;
         conn.session.output_queued(was_empty, self.now);
         self.queued_bytes += len;
         self.peak_queue = self.peak_queue.max(conn.out.pending());
@@ -265,7 +325,19 @@ impl Connections {
 
     /// Queues raw bytes that are not a chat line (telnet replies).
     pub fn send_raw(&mut self, key: usize, data: Bytes) {
-        self.enqueue(key, data, None);
+        self.enqueue(key, data, 0, None);
+    }
+
+    /// Lines in a chunk about to be queued, counted once per distinct chunk.
+    fn count_lines(&mut self, chunk: &Bytes) -> u64 {
+        if let Some((counted, lines)) = &self.counted_chunk {
+            if counted.as_ptr() == chunk.as_ptr() && counted.len() == chunk.len() {
+                return *lines;
+            }
+        }
+        let lines = chunk.iter().filter(|&&byte| byte == b'\n').count() as u64;
+        self.counted_chunk = Some((chunk.clone(), lines));
+        lines
     }
 
     /// Ends a connection now: it is closed at the end of this turn.
@@ -294,7 +366,7 @@ impl Connections {
 
 impl Outbox for Connections {
     fn send(&mut self, to: ClientId, line: Bytes, receipt: Option<ReceiptTag>) -> Sent {
-        self.enqueue(to.0, line, receipt)
+        self.enqueue(to.0, line, 1, receipt)
     }
 
     fn send_lines(&mut self, to: ClientId, lines: Bytes) {
@@ -303,13 +375,25 @@ impl Outbox for Connections {
             .get(to.0)
             .is_some_and(|conn| self.ignore_cap || conn.out.has_room_for(lines.len()));
         if fits {
-            self.enqueue(to.0, lines, None);
+            let count = self.count_lines(&lines);
+            self.enqueue(to.0, lines, count, None);
             return;
         }
         // Too much for what is left under the cap: as many whole lines as
-        // fit, each line that does not is counted as skipped.
+        // fit, each line that does not is counted as skipped. A line that
+        // fits is copied: as a slice it would keep the whole chunk, and the
+        // room's turn behind it, alive for a few bytes (see chat::batch).
         for line in split_lines(lines) {
-            self.enqueue(to.0, line, None);
+            let fits = self
+                .slab
+                .get(to.0)
+                .is_some_and(|conn| conn.out.has_room_for(line.len()));
+            let line = if fits {
+                Bytes::copy_from_slice(&line)
+            } else {
+                line
+            };
+            self.enqueue(to.0, line, 1, None);
         }
     }
 

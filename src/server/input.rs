@@ -84,7 +84,10 @@ impl Server {
                 Input::Paused | Input::Stopped => return false,
             };
             match event {
-                Decoded::Line(line) => self.chat.on_line(&mut self.conns, id, &line),
+                Decoded::Line(line) => {
+                    self.telemetry.lines_received += 1;
+                    self.chat.on_line(&mut self.conns, id, &line);
+                }
                 Decoded::TooLong => self.chat.on_line_too_long(&mut self.conns, id),
                 Decoded::HttpRequest => self.chat.on_http_request(&mut self.conns, id),
                 Decoded::TelnetReply(reply) => {

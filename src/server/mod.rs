@@ -14,11 +14,15 @@ mod connections;
 mod control;
 mod fd_limit;
 mod input;
+mod metrics_endpoint;
 pub mod out_queue;
 mod output;
 mod rate;
 mod session;
 mod shutdown;
+mod skip_warning;
+mod status_report;
+mod telemetry;
 mod timeouts;
 mod timers;
 
@@ -40,21 +44,26 @@ use crate::Config;
 use acceptor::Acceptor;
 use cluster_io::ClusterIo;
 use connections::Connections;
+use metrics_endpoint::MetricsEndpoint;
 use rate::RateLimit;
 use session::Rules;
 use shutdown::{ShutdownState, SHUTDOWN_SIGNALS};
+use telemetry::Telemetry;
 use timers::Timers;
 
 /// What a poll token stands for. Tokens below `FIRST_CLIENT` are the
-/// server's own sockets, one each; clients take the rest. New socket kinds
-/// (a metrics listener, a cluster link) get a fixed token from the reserved
-/// range and a variant here.
+/// server's own sockets, one each; clients take the rest, except for the
+/// metrics port's connections, which have a range of their own far above
+/// any client key. New socket kinds (a cluster link) get a fixed token from
+/// the reserved range and a variant here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Source {
     Listener,
     Signals,
     Waker,
     Redis,
+    MetricsListener,
+    MetricsConnection(usize),
     Client(usize),
 }
 
@@ -62,17 +71,28 @@ impl Source {
     const LISTENER: Token = Token(0);
     const SIGNALS: Token = Token(1);
     const WAKER: Token = Token(2);
-    const REDIS_COMMAND: Token = Token(3);
-    const REDIS_SUBSCRIBER: Token = Token(4);
-    /// Tokens 3 to 15 are reserved for the server's own sockets to come.
+    const METRICS_LISTENER: Token = Token(3);
+    const REDIS_COMMAND: Token = Token(4);
+    const REDIS_SUBSCRIBER: Token = Token(5);
+    /// Tokens 6 to 15 are reserved for the server's own sockets to come.
     const FIRST_CLIENT: usize = 16;
+    /// Metrics connection `k` has token `FIRST_METRICS_CONNECTION + k`.
+    /// Client keys never come near: each is an open descriptor.
+    const FIRST_METRICS_CONNECTION: usize = usize::MAX / 2;
 
     fn of(token: Token) -> Option<Source> {
+        let metrics = Self::FIRST_METRICS_CONNECTION
+            ..Self::FIRST_METRICS_CONNECTION + crate::metrics::MAX_CONNECTIONS;
         match token {
             Self::LISTENER => Some(Source::Listener),
             Self::SIGNALS => Some(Source::Signals),
             Self::WAKER => Some(Source::Waker),
             Self::REDIS_COMMAND | Self::REDIS_SUBSCRIBER => Some(Source::Redis),
+            Self::METRICS_LISTENER => Some(Source::MetricsListener),
+            Token(n) if metrics.contains(&n) => Some(Source::MetricsConnection(
+                n - Self::FIRST_METRICS_CONNECTION,
+            )),
+            Token(n) if n >= Self::FIRST_METRICS_CONNECTION => None,
             Token(n) => n.checked_sub(Self::FIRST_CLIENT).map(Source::Client),
         }
     }
@@ -105,6 +125,10 @@ pub enum StartError {
         what: &'static str,
         source: io::Error,
     },
+    Metrics {
+        addr: SocketAddr,
+        source: io::Error,
+    },
 }
 
 impl fmt::Display for StartError {
@@ -112,6 +136,9 @@ impl fmt::Display for StartError {
         match self {
             StartError::Listen { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
             StartError::Setup { what, source } => write!(f, "cannot set up {what}: {source}"),
+            StartError::Metrics { addr, source } => {
+                write!(f, "cannot serve metrics on {addr}: {source}")
+            }
         }
     }
 }
@@ -143,20 +170,52 @@ pub struct Server {
     max_outbuf: usize,
     scratch: Box<[u8]>,
     published: Option<Arc<Mutex<ServerStats>>>,
+    /// The `--metrics` port, when asked for.
+    metrics: Option<MetricsEndpoint>,
+    telemetry: Telemetry,
 }
 
 impl Server {
     /// Binds the listening socket and prepares the poller and signal pipe.
     pub fn bind(config: Config) -> Result<Server, StartError> {
+        Server::bind_with(config, None)
+    }
+
+    /// As `bind`, but serving on `listener` when given (a socket passed by
+    /// systemd), in which case `config.listen` is not used.
+    pub fn bind_with(
+        config: Config,
+        listener: Option<std::net::TcpListener>,
+    ) -> Result<Server, StartError> {
         let setup = |what| move |source| StartError::Setup { what, source };
         let poll = Poll::new().map_err(setup("the poller"))?;
-        let acceptor =
-            Acceptor::bind(config.listen, poll.registry(), Source::LISTENER).map_err(|source| {
-                StartError::Listen {
+        let acceptor = match listener {
+            Some(listener) => Acceptor::from_std(listener, poll.registry(), Source::LISTENER)
+                .map_err(setup("the listening socket passed by systemd"))?,
+            None => Acceptor::bind(config.listen, poll.registry(), Source::LISTENER).map_err(
+                |source| StartError::Listen {
                     addr: config.listen,
                     source,
-                }
-            })?;
+                },
+            )?,
+        };
+        let metrics = match config.metrics {
+            Some(addr) => Some(
+                MetricsEndpoint::bind(
+                    addr,
+                    poll.registry(),
+                    Source::METRICS_LISTENER,
+                    Source::FIRST_METRICS_CONNECTION,
+                )
+                .map_err(|source| StartError::Metrics { addr, source })?,
+            ),
+            None => None,
+        };
+        let metrics_descriptors = if metrics.is_some() {
+            crate::metrics::MAX_CONNECTIONS as u64 + 1
+        } else {
+            0
+        };
         let mut signals = Signals::new(SHUTDOWN_SIGNALS).map_err(setup("signal handling"))?;
         poll.registry()
             .register(&mut signals, Source::SIGNALS, Interest::READABLE)
@@ -205,11 +264,25 @@ impl Server {
             exit_now: false,
             next_serial: 0,
             wanted_descriptors: (config.max_clients + config.max_waiting) as u64
-                + RESERVED_DESCRIPTORS,
+                + RESERVED_DESCRIPTORS
+                + metrics_descriptors,
             max_outbuf: config.max_outbuf,
             scratch: vec![0; READ_CHUNK].into_boxed_slice(),
             published: None,
+            metrics,
+            telemetry: Telemetry::new(config.stats_interval, Instant::now()),
         })
+    }
+
+    /// The metrics port's address, when `--metrics` is on (useful with
+    /// port 0).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(MetricsEndpoint::local_addr)
+    }
+
+    /// Sends `READY=1`, `STATUS=` and `STOPPING=1` through `notifier`.
+    pub fn notify_systemd(&mut self, notifier: crate::systemd::Notifier) {
+        self.telemetry.set_notifier(notifier);
     }
 
     /// The address actually bound (useful with port 0).
@@ -243,7 +316,11 @@ impl Server {
     /// key can never receive a stale event from the same turn.
     pub fn run(mut self) -> io::Result<Stopped> {
         info!("listening on {}", self.local_addr());
+        if let Some(addr) = self.metrics_addr() {
+            info!("serving metrics on http://{addr}/metrics");
+        }
         self.check_descriptor_limit();
+        self.telemetry.notify(crate::systemd::READY);
         let mut events = Events::with_capacity(1024);
         loop {
             self.publish_stats();
@@ -253,6 +330,8 @@ impl Server {
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
                 Err(err) => return Err(err),
             }
+            // The turn's work starts here; the time blocked in poll is not
+            // part of its duration.
             let now = Instant::now();
             self.conns.start_turn(now);
             for event in events.iter() {
@@ -262,6 +341,19 @@ impl Server {
                     Some(Source::Waker) => self.begin_shutdown(now),
                     // Both Redis sockets are pumped every turn anyway.
                     Some(Source::Redis) => {}
+                    Some(Source::MetricsListener) => {
+                        if let Some(endpoint) = &mut self.metrics {
+                            endpoint.on_listener_event();
+                        }
+                    }
+                    Some(Source::MetricsConnection(key)) => {
+                        if let Some(endpoint) = &mut self.metrics {
+                            let readable =
+                                event.is_readable() || event.is_read_closed() || event.is_error();
+                            let writable = event.is_writable() || event.is_write_closed();
+                            endpoint.on_connection_event(key, readable, writable);
+                        }
+                    }
                     Some(Source::Client(key)) => {
                         if event.is_readable() || event.is_read_closed() || event.is_error() {
                             if let Some(conn) = self.conns.get_mut(key) {
@@ -288,6 +380,8 @@ impl Server {
                 self.chat.end_turn(&mut self.conns);
             }
             self.flush_connections();
+            self.log_chat_events();
+            self.warn_about_skips(now);
             self.close_connections();
             // Leave notices of what just closed go out next turn, which
             // starts at once because they put connections on the flush list.
@@ -297,6 +391,8 @@ impl Server {
                 // of lines written just now) goes out now.
                 self.pump_cluster(Instant::now());
             }
+            self.serve_metrics(now);
+            self.finish_turn(now);
             if self.shutdown_finished(Instant::now()) {
                 return Ok(Stopped::Orderly);
             }
@@ -321,30 +417,28 @@ impl Server {
     }
 
     fn poll_timeout(&self, now: Instant) -> Option<Duration> {
-        if self.conns.has_work() || self.acceptor.can_accept() {
+        let metrics_work = self.metrics.as_ref().is_some_and(|m| m.has_work());
+        if self.conns.has_work() || self.acceptor.can_accept() || metrics_work {
             return Some(Duration::ZERO);
         }
-        let mut timers = self.timers.timeout(now);
+        let timers = self.timers.timeout(now);
+        let mut cluster_deadlines = [None, None];
         if let Some(io) = &self.cluster_io {
             let cluster = self.chat.peers().as_ref();
             // Output Redis did not take yet waits for a writable event.
             if io.has_work() || cluster.is_some_and(Cluster::has_output) {
                 return Some(Duration::ZERO);
             }
-            let wakeups = [io.next_wakeup(), cluster.and_then(Cluster::next_wakeup)];
-            for at in wakeups.into_iter().flatten() {
-                let wait = at.saturating_duration_since(now);
-                timers = Some(timers.map_or(wait, |t| t.min(wait)));
-            }
+            cluster_deadlines = [io.next_wakeup(), cluster.and_then(Cluster::next_wakeup)];
         }
-        let grace = self
-            .shutdown
-            .poll_timeout()
-            .map(|at| at.saturating_duration_since(now));
-        match (timers, grace) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let deadlines = [self.shutdown.poll_timeout(), self.telemetry_deadline()];
+        deadlines
+            .into_iter()
+            .chain(cluster_deadlines)
+            .flatten()
+            .map(|at| at.saturating_duration_since(now))
+            .chain(timers)
+            .min()
     }
 
     fn check_descriptor_limit(&self) {

@@ -120,6 +120,7 @@ impl Server {
         if !self.shutdown.begin(now) {
             return;
         }
+        self.telemetry.notify(crate::systemd::STOPPING);
         self.acceptor.close(self.poll.registry());
         // Lines said this turn are ordinary output, under the usual cap;
         // only the shutdown notice itself must get through regardless.

@@ -341,3 +341,26 @@ pub fn connect_socket(
     socket.connect(&server.into()).expect("connect");
     socket.into()
 }
+
+/// Raises this process's soft open-file limit to the hard limit, which it
+/// returns.
+pub fn raise_open_file_limit() -> libc::rlim_t {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we own.
+    assert_eq!(
+        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) },
+        0,
+        "getrlimit"
+    );
+    limit.rlim_cur = limit.rlim_max;
+    // SAFETY: setrlimit only reads the struct we pass.
+    assert_eq!(
+        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) },
+        0,
+        "setrlimit"
+    );
+    limit.rlim_max
+}

@@ -71,6 +71,17 @@ impl Daemon {
                 });
             }
         }
+        Self::spawn(command)
+    }
+
+    /// Starts a prepared command that runs the daemon (directly or through
+    /// a shell that execs it), with its stderr piped here, and waits for it
+    /// to log its address.
+    pub fn spawn(mut command: Command) -> Daemon {
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
         let mut child = command.spawn().expect("spawn apollonion");
         let stderr = child.stderr.take().expect("piped stderr");
         let (tx, log) = mpsc::channel();
