@@ -211,3 +211,31 @@ fn without_redis_reachable_the_server_still_serves_local_chat() {
     ann.expect_line("! the other servers did not answer, try again");
     assert_ne!(ann_nick, bob_nick);
 }
+
+#[test]
+fn a_receipt_counts_the_recipients_of_every_server() {
+    let Some(cluster) = cluster(2) else { return };
+    let [a, b] = &cluster.servers[..] else {
+        unreachable!()
+    };
+    let mut ann = member(a, "ann");
+    let mut bob = member(b, "bob");
+    let mut bea = member(b, "bea");
+    let mut cy = member(a, "cy");
+    enter(&mut ann, "ann", "#r", &mut []);
+    enter(&mut bob, "bob", "#r", &mut [&mut ann]);
+    enter(&mut bea, "bea", "#r", &mut [&mut ann, &mut bob]);
+    enter(&mut cy, "cy", "#r", &mut [&mut ann, &mut bob, &mut bea]);
+    ann.send("/receipts on");
+    assert_eq!(answer(&mut ann), "* receipts on");
+    ann.send("counted");
+    for far in [&mut bob, &mut bea, &mut cy] {
+        assert_eq!(answer(far), "ann: counted");
+    }
+    assert_eq!(answer(&mut ann), "* #1 delivered to 3 of 3");
+    // Alone in a room that spans no one: nobody anywhere to count.
+    ann.send("/join #empty");
+    assert!(answer(&mut ann).starts_with("* you joined #empty ("));
+    ann.send("anyone?");
+    assert_eq!(answer(&mut ann), "* #2 delivered to 0 of 0");
+}

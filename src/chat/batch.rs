@@ -194,6 +194,19 @@ impl Block {
         &self.bytes
     }
 
+    /// The lines that carry a receipt, where they are in [`Block::bytes`].
+    pub fn receipts(&self) -> Vec<(ReceiptTag, Range<usize>)> {
+        let mut start = 0;
+        let mut tagged = Vec::new();
+        for segment in &self.segments {
+            if let Some(tag) = segment.receipt {
+                tagged.push((tag, start..segment.end));
+            }
+            start = segment.end;
+        }
+        tagged
+    }
+
     pub fn line_count(&self) -> u64 {
         self.segments.len() as u64
     }

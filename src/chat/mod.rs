@@ -16,6 +16,7 @@ mod rooms;
 use std::collections::{HashMap, VecDeque};
 use std::fmt::Write as _;
 use std::net::IpAddr;
+use std::ops::Range;
 
 use batch::Speakers;
 use bytes::Bytes;
@@ -249,6 +250,9 @@ pub struct Chat<P: Peers = Alone> {
     receipts: Receipts,
     /// Settled direct messages from other servers, to report back.
     relayed: Vec<(u64, bool)>,
+    /// Settled room receipts of other servers' lines: (relay, recipients
+    /// here, delivered here), to report back.
+    relayed_receipts: Vec<(u64, u64, u64)>,
     shut_down: bool,
     events: Vec<ChatEvent>,
     /// `/msg` lines to an existing user, since start.
@@ -279,6 +283,7 @@ impl<P: Peers> Chat<P> {
             speakers: Speakers::default(),
             receipts: Receipts::default(),
             relayed: Vec::new(),
+            relayed_receipts: Vec::new(),
             shut_down: false,
             events: Vec::new(),
             direct_messages: 0,
@@ -504,14 +509,92 @@ impl<P: Peers> Chat<P> {
     }
 
     /// Lines said in `room` on another server: every member here gets them,
-    /// after what the room said here before.
-    pub fn on_remote_lines(&mut self, out: &mut impl Outbox, room: &str, lines: Bytes) {
+    /// after what the room said here before. `receipts` are the lines
+    /// whose sender wants a receipt, each with the relay that names it in
+    /// the report back ([`Chat::take_relayed_receipts`]).
+    pub fn on_remote_lines(
+        &mut self,
+        out: &mut impl Outbox,
+        room: &str,
+        lines: Bytes,
+        receipts: &[(u64, Range<usize>)],
+    ) {
         let Some(room) = self.rooms.find(room) else {
+            for (relay, _) in receipts {
+                self.relayed_receipts.push((*relay, 0, 0));
+            }
             return;
         };
         self.flush_room(out, room);
-        for &member in &self.rooms.get(room).members {
-            out.send_lines(member, lines.clone());
+        let members = &self.rooms.get(room).members;
+        if receipts.is_empty() {
+            for &member in members {
+                out.send_lines(member, lines.clone());
+            }
+            return;
+        }
+        let tagged: Vec<(ReceiptTag, Range<usize>)> = receipts
+            .iter()
+            .filter(|(_, range)| range.start <= range.end && range.end <= lines.len())
+            .map(|(relay, range)| {
+                let tag = self.receipts.open_relayed_room(*relay, members.len());
+                (tag, range.clone())
+            })
+            .collect();
+        let mut skipped = Vec::new();
+        for &member in members {
+            let mut at = 0;
+            for (tag, range) in &tagged {
+                if range.start > at {
+                    out.send_lines(member, lines.slice(at..range.start));
+                }
+                if out.send(member, lines.slice(range.clone()), Some(*tag)) == Sent::Skipped {
+                    skipped.push(*tag);
+                }
+                at = range.end;
+            }
+            if at < lines.len() {
+                out.send_lines(member, lines.slice(at..));
+            }
+        }
+        if members.is_empty() {
+            // Nobody here to wait for: this server's part is nothing.
+            for (tag, _) in &tagged {
+                if let Some(finished) = self.receipts.peers_will_report(*tag, 0) {
+                    self.report(out, finished);
+                }
+            }
+        }
+        for tag in skipped {
+            self.settle(out, tag, false);
+        }
+    }
+
+    /// Room receipts of other servers' lines settled since the last call,
+    /// as `(relay, recipients, delivered)`, to report back.
+    pub fn take_relayed_receipts(&mut self) -> Vec<(u64, u64, u64)> {
+        std::mem::take(&mut self.relayed_receipts)
+    }
+
+    /// `servers` other servers got the line with receipt `tag` and will
+    /// report their part.
+    pub fn on_receipt_servers(&mut self, out: &mut impl Outbox, tag: ReceiptTag, servers: u64) {
+        if let Some(finished) = self.receipts.peers_will_report(tag, servers) {
+            self.report(out, finished);
+        }
+    }
+
+    /// Another server's part of receipt `tag`.
+    pub fn on_receipt_report(
+        &mut self,
+        out: &mut impl Outbox,
+        tag: ReceiptTag,
+        recipients: u64,
+        delivered: u64,
+    ) {
+        let (recipients, delivered) = (recipients as usize, delivered as usize);
+        if let Some(finished) = self.receipts.peer_reported(tag, recipients, delivered) {
+            self.report(out, finished);
         }
     }
 
@@ -863,20 +946,19 @@ impl<P: Peers> Chat<P> {
             return;
         };
         let recipients = room.members.len() - 1;
+        let spans = self.peers.spans_servers();
         let mut receipt = None;
         let mut unheard = None;
         if chatter.receipts {
             chatter.receipt_seq += 1;
-            if recipients == 0 {
+            if recipients == 0 && !spans {
                 unheard = Some(chatter.receipt_seq);
             } else {
-                receipt = Some(
-                    self.receipts
-                        .open_room(origin, chatter.receipt_seq, recipients),
-                );
+                let seq = chatter.receipt_seq;
+                receipt = Some(self.receipts.open_room(origin, seq, recipients, spans));
             }
         }
-        if recipients > 0 || self.peers.spans_servers() {
+        if recipients > 0 || spans {
             if room.batch.is_empty() {
                 self.batched_rooms.push(chatter.room);
             }
@@ -922,8 +1004,11 @@ impl<P: Peers> Chat<P> {
         }
         let block = room.batch.take();
         let skipped = block.deliver(&room.members, &mut self.speakers, out);
-        self.peers
-            .room_batch(&room.name, block.bytes(), block.line_count());
+        if self.peers.spans_servers() {
+            let receipts = block.receipts();
+            self.peers
+                .room_batch(&room.name, block.bytes(), block.line_count(), &receipts);
+        }
         for tag in skipped {
             self.settle(out, tag, false);
         }
@@ -1208,6 +1293,15 @@ impl<P: Peers> Chat<P> {
             ),
             Finished::Relayed { relay, delivered } => {
                 self.relayed.push((relay, delivered));
+                return;
+            }
+            Finished::RelayedRoom {
+                relay,
+                recipients,
+                delivered,
+            } => {
+                self.relayed_receipts
+                    .push((relay, recipients as u64, delivered as u64));
                 return;
             }
             Finished::Direct {

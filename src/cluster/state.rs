@@ -20,9 +20,9 @@ use super::keys::{Keys, CLAIM_NICK, RELEASE_NICK};
 use super::link::Reply;
 use super::wire::{
     encode_direct_header, encode_room_batch_header, DeliveryOutcome, DeliveryReport, Envelope,
-    Header, Message, NodeEvent, NodeId, Presence,
+    Header, Message, NodeEvent, NodeId, Presence, ReceiptReport, WireReceipt,
 };
-use crate::chat::{Claim, DirectOutcome, Peers, Route, Ticket};
+use crate::chat::{Claim, DirectOutcome, Peers, ReceiptTag, Route, Ticket};
 
 /// How long a client waits for the other servers before it is told they
 /// did not answer (SPEC §4).
@@ -66,8 +66,22 @@ pub enum ClusterEvent {
     /// Guest numbers are available again after
     /// [`Cluster::take_guest_number`] found none.
     GuestNumbersReady,
-    /// Lines said in a room on another server.
-    RemoteLines { room: String, lines: Bytes },
+    /// Lines said in a room on another server; the lines with a receipt,
+    /// each with the relay naming it in the report back.
+    RemoteLines {
+        room: String,
+        lines: Bytes,
+        receipts: Vec<(u64, Range<usize>)>,
+    },
+    /// This many other servers got the room line with receipt `tag` and
+    /// will report their part.
+    ReceiptServers { tag: u64, servers: u64 },
+    /// Another server's part of the receipt `tag`.
+    ReceiptReport {
+        tag: u64,
+        recipients: u64,
+        delivered: u64,
+    },
     /// A direct message for a local user; `relay` names it in the report.
     RemoteDirect {
         target: String,
@@ -122,6 +136,11 @@ enum Purpose {
     JoinNodes,
     /// Replies nobody waits for: publications, membership bookkeeping.
     Fire,
+    /// A room batch with receipts: the reply counts the servers that will
+    /// report.
+    RoomPublish {
+        tags: Vec<u64>,
+    },
     DirectLookup {
         ticket: u64,
         target: String,
@@ -172,7 +191,7 @@ pub struct Cluster {
     /// Rooms subscribed to but not yet confirmed, with the publications to
     /// them held back meanwhile: a server that published before its own
     /// subscription was in place could miss the answers.
-    unconfirmed: HashMap<String, Vec<Bytes>>,
+    unconfirmed: HashMap<String, Vec<(Bytes, Vec<u64>)>>,
 }
 
 impl Cluster {
@@ -333,20 +352,41 @@ impl Cluster {
 
     /// Publishes to a room's channel, or holds the payload back until the
     /// room's subscription is confirmed.
-    fn publish_to_room(&mut self, room: &str, payload: Bytes) {
+    fn publish_to_room(&mut self, room: &str, payload: Bytes, tags: Vec<u64>) {
         if let Some(held) = self.unconfirmed.get_mut(room) {
-            held.push(payload);
+            held.push((payload, tags));
             return;
         }
         let channel = self.keys.room_channel(room);
-        self.publish(channel, payload, Purpose::Fire);
+        let purpose = if tags.is_empty() {
+            Purpose::Fire
+        } else {
+            Purpose::RoomPublish { tags }
+        };
+        self.publish(channel, payload, purpose);
     }
 
     fn release_held(&mut self, room: &str) {
-        for payload in self.unconfirmed.remove(room).unwrap_or_default() {
-            let channel = self.keys.room_channel(room);
-            self.publish(channel, payload, Purpose::Fire);
+        for (payload, tags) in self.unconfirmed.remove(room).unwrap_or_default() {
+            self.publish_to_room(room, payload, tags);
         }
+    }
+
+    /// Reports this server's part of another server's room receipt.
+    pub fn receipt_settled(&mut self, relay: u64, recipients: u64, delivered: u64) {
+        let Some((origin, tag)) = self.relays.remove(&relay) else {
+            return;
+        };
+        if !self.link_up {
+            return;
+        }
+        let channel = self.keys.node_channel(origin);
+        let report = ReceiptReport {
+            tag,
+            recipients,
+            delivered: delivered.min(recipients),
+        };
+        self.publish_envelope(channel, Message::ReceiptReport(report));
     }
 
     /// Redis confirmed a subscription of the subscriber link.
@@ -375,7 +415,7 @@ impl Cluster {
             let name = room.clone();
             let message = Message::Presence(Presence { room, members });
             let payload = Envelope { header, message }.to_bytes();
-            self.publish_to_room(&name, payload);
+            self.publish_to_room(&name, payload, Vec::new());
         }
     }
 
@@ -391,9 +431,19 @@ impl Cluster {
         match envelope.message {
             Message::RoomBatch(batch) => {
                 if let Some(room) = self.room_of(channel) {
+                    let receipts = batch
+                        .receipts
+                        .into_iter()
+                        .map(|receipt| {
+                            self.next_relay += 1;
+                            self.relays.insert(self.next_relay, (origin, receipt.tag));
+                            (self.next_relay, receipt.range)
+                        })
+                        .collect();
                     self.events.push_back(ClusterEvent::RemoteLines {
                         room,
                         lines: batch.lines,
+                        receipts,
                     });
                 }
             }
@@ -433,7 +483,13 @@ impl Cluster {
                     outcome,
                 });
             }
-            Message::ReceiptReport(_) => {}
+            Message::ReceiptReport(report) => {
+                self.events.push_back(ClusterEvent::ReceiptReport {
+                    tag: report.tag,
+                    recipients: report.recipients,
+                    delivered: report.delivered,
+                });
+            }
             Message::Node(NodeEvent::ShuttingDown) => {
                 for counts in self.remote.values_mut() {
                     counts.remove(&origin);
@@ -619,6 +675,15 @@ impl Cluster {
                 }
             }
             Purpose::Release | Purpose::Alive | Purpose::JoinNodes | Purpose::Fire => {}
+            Purpose::RoomPublish { tags } => {
+                // Every subscriber gets it, this server included (its
+                // subscription was confirmed before it published).
+                let servers = reply.integer().map_or(0, |n| n.max(1) as u64 - 1);
+                for tag in tags {
+                    self.events
+                        .push_back(ClusterEvent::ReceiptServers { tag, servers });
+                }
+            }
             Purpose::DirectLookup {
                 ticket,
                 target,
@@ -690,6 +755,13 @@ impl Cluster {
             }),
             Purpose::GuestBlock => self.guest_block_asked = false,
             Purpose::Release | Purpose::Alive | Purpose::JoinNodes | Purpose::Fire => {}
+            Purpose::RoomPublish { tags } => {
+                for tag in tags {
+                    let servers = 0;
+                    self.events
+                        .push_back(ClusterEvent::ReceiptServers { tag, servers });
+                }
+            }
             Purpose::DirectLookup { ticket, .. } | Purpose::DirectSent { ticket } => {
                 self.events.push_back(ClusterEvent::DirectReport {
                     ticket,
@@ -764,15 +836,34 @@ impl Peers for Cluster {
         self.take_guest_number()
     }
 
-    fn room_batch(&mut self, room: &str, lines: &Bytes, line_count: u64) {
+    fn room_batch(
+        &mut self,
+        room: &str,
+        lines: &Bytes,
+        line_count: u64,
+        receipts: &[(ReceiptTag, Range<usize>)],
+    ) {
+        let tags: Vec<u64> = receipts.iter().map(|(tag, _)| tag.0 as u64).collect();
         if !self.link_up {
+            for tag in tags {
+                let servers = 0;
+                self.events
+                    .push_back(ClusterEvent::ReceiptServers { tag, servers });
+            }
             return;
         }
+        let wire: Vec<WireReceipt> = receipts
+            .iter()
+            .map(|(tag, range)| WireReceipt {
+                tag: tag.0 as u64,
+                range: range.clone(),
+            })
+            .collect();
         let header = self.header();
         let mut payload = bytes::BytesMut::with_capacity(16 + lines.len());
-        encode_room_batch_header(&mut payload, header, line_count, &[]);
+        encode_room_batch_header(&mut payload, header, line_count, &wire);
         payload.extend_from_slice(lines);
-        self.publish_to_room(room, payload.freeze());
+        self.publish_to_room(room, payload.freeze(), tags);
     }
 
     fn member_joined(&mut self, room: &str, nick: &str, _local: usize) {
@@ -873,9 +964,15 @@ impl<P: Peers> Peers for Option<P> {
     fn guest_number(&mut self) -> Option<u64> {
         self.as_mut().and_then(P::guest_number)
     }
-    fn room_batch(&mut self, room: &str, lines: &Bytes, line_count: u64) {
+    fn room_batch(
+        &mut self,
+        room: &str,
+        lines: &Bytes,
+        line_count: u64,
+        receipts: &[(ReceiptTag, Range<usize>)],
+    ) {
         if let Some(p) = self {
-            p.room_batch(room, lines, line_count);
+            p.room_batch(room, lines, line_count, receipts);
         }
     }
     fn member_joined(&mut self, room: &str, nick: &str, local: usize) {
@@ -1096,5 +1193,84 @@ mod tests {
         assert!(world.redis.get(b"t:alive:7", world.now).is_some());
         world.now += Duration::from_millis(1);
         assert_eq!(world.redis.get(b"t:alive:7", world.now), None);
+    }
+
+    fn envelope(origin: NodeId, message: Message) -> Bytes {
+        let header = Header { origin, seq: 1 };
+        Envelope { header, message }.to_bytes()
+    }
+
+    #[test]
+    fn room_batches_of_other_servers_become_lines_and_our_own_are_skipped() {
+        let mut world = World::new();
+        let mut node = world.node(1);
+        World::events(&mut node);
+        let channel = node.keys().room_channel("#r");
+        let batch = |tags: Vec<WireReceipt>| {
+            Message::RoomBatch(super::super::wire::RoomBatch {
+                line_count: 2,
+                receipts: tags,
+                lines: Bytes::from_static(b"x: 1\r\nx: 2\r\n"),
+            })
+        };
+        node.on_message(&channel, &envelope(1, batch(Vec::new())));
+        assert_eq!(World::events(&mut node), [], "our own echo");
+        let receipt = WireReceipt {
+            tag: 40,
+            range: 6..12,
+        };
+        node.on_message(&channel, &envelope(2, batch(vec![receipt])));
+        let events = World::events(&mut node);
+        let [ClusterEvent::RemoteLines {
+            room,
+            lines,
+            receipts,
+        }] = &events[..]
+        else {
+            panic!("{events:?}")
+        };
+        assert_eq!(
+            (room.as_str(), &lines[..]),
+            ("#r", &b"x: 1\r\nx: 2\r\n"[..])
+        );
+        assert_eq!(receipts.len(), 1);
+        assert_eq!(receipts[0].1, 6..12);
+        // The part reported back goes to the origin's channel, with its tag.
+        node.receipt_settled(receipts[0].0, 3, 2);
+        let publish = node.poll_request().expect("a report");
+        assert_eq!(publish.args[1], node.keys().node_channel(2));
+        let report = Envelope::decode(&publish.args[2]).expect("ours");
+        assert_eq!(
+            report.message,
+            Message::ReceiptReport(ReceiptReport {
+                tag: 40,
+                recipients: 3,
+                delivered: 2
+            })
+        );
+    }
+
+    #[test]
+    fn presence_counts_other_servers_members_and_answers_newcomers() {
+        let mut world = World::new();
+        let mut node = world.node(1);
+        node.member_joined("#r", "ann", 1);
+        world.exchange(&mut node);
+        let channel = node.keys().room_channel("#r");
+        node.on_subscribed(&channel);
+        node.publish_presence();
+        world.exchange(&mut node);
+        let presence = |members| {
+            Message::Presence(Presence {
+                room: "#r".into(),
+                members,
+            })
+        };
+        node.on_message(&channel, &envelope(2, presence(4)));
+        node.on_message(&channel, &envelope(3, presence(2)));
+        assert_eq!(node.remote_members("#r"), 6);
+        assert!(node.has_output(), "newcomers hear our count");
+        node.on_message(&channel, &envelope(2, presence(0)));
+        assert_eq!(node.remote_members("#r"), 2);
     }
 }

@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use super::Server;
-use crate::chat::{ClaimAnswer, DirectOutcome};
+use crate::chat::{ClaimAnswer, DirectOutcome, ReceiptTag};
 use crate::cluster::state::{ClaimOutcome, Cluster, ClusterEvent};
 
 impl Server {
@@ -28,6 +28,11 @@ impl Server {
                 cluster.direct_settled(relay, outcome);
             }
         }
+        for (relay, recipients, delivered) in self.chat.take_relayed_receipts() {
+            if let Some(cluster) = self.chat.peers_mut() {
+                cluster.receipt_settled(relay, recipients, delivered);
+            }
+        }
     }
 
     fn on_cluster_event(&mut self, event: ClusterEvent) {
@@ -44,8 +49,24 @@ impl Server {
                 self.chat.on_nick_claim(out, ticket, answer);
             }
             ClusterEvent::GuestNumbersReady => {}
-            ClusterEvent::RemoteLines { room, lines } => {
-                self.chat.on_remote_lines(out, &room, lines);
+            ClusterEvent::RemoteLines {
+                room,
+                lines,
+                receipts,
+            } => {
+                self.chat.on_remote_lines(out, &room, lines, &receipts);
+            }
+            ClusterEvent::ReceiptServers { tag, servers } => {
+                let tag = ReceiptTag(tag as usize);
+                self.chat.on_receipt_servers(out, tag, servers);
+            }
+            ClusterEvent::ReceiptReport {
+                tag,
+                recipients,
+                delivered,
+            } => {
+                let tag = ReceiptTag(tag as usize);
+                self.chat.on_receipt_report(out, tag, recipients, delivered);
             }
             ClusterEvent::RemoteDirect {
                 target,
