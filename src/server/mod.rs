@@ -17,6 +17,7 @@ mod output;
 mod rate;
 mod session;
 mod shutdown;
+mod socket_tuning;
 mod timeouts;
 mod timers;
 
@@ -79,6 +80,9 @@ impl Source {
 const READ_BUDGET: usize = 64 * 1024;
 /// Size of one read; also the most undecoded input a connection holds.
 const READ_CHUNK: usize = 16 * 1024;
+/// Bytes written to one connection per loop turn, so one fast reader of a
+/// long queue cannot hold up the turn; the rest goes next turn.
+const WRITE_BUDGET: usize = 256 * 1024;
 /// Connections accepted per loop turn, so a connect storm cannot starve
 /// clients already in.
 const ACCEPT_BUDGET: usize = 256;
@@ -131,6 +135,8 @@ pub struct Server {
     /// Limits the start-up check compares with the descriptor limit.
     wanted_descriptors: u64,
     max_outbuf: usize,
+    /// `SO_SNDBUF` for client sockets; 0 leaves the kernel's default.
+    sndbuf: usize,
     scratch: Box<[u8]>,
     published: Option<Arc<Mutex<ServerStats>>>,
 }
@@ -174,6 +180,7 @@ impl Server {
             wanted_descriptors: (config.max_clients + config.max_waiting) as u64
                 + RESERVED_DESCRIPTORS,
             max_outbuf: config.max_outbuf,
+            sndbuf: config.sndbuf,
             scratch: vec![0; READ_CHUNK].into_boxed_slice(),
             published: None,
         })
