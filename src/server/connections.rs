@@ -16,7 +16,6 @@ use slab::Slab;
 use super::out_queue::{Flushed, OutQueue};
 use super::session::{CloseCause, Phase, Session};
 use super::socket_tuning::kernel_send_queue;
-use super::WRITE_BUDGET;
 use crate::chat::{split_lines, ClientId, Close, Outbox, ReceiptTag, Sent};
 
 pub struct Connection {
@@ -89,6 +88,8 @@ pub struct Connections {
     ignore_cap: bool,
     /// The current loop turn's time, for output-progress stamps.
     now: Instant,
+    /// Bytes written to one connection per turn at most.
+    write_budget: usize,
     /// Bytes queued on all connections together.
     queued_bytes: usize,
     /// The most bytes any one connection has had queued.
@@ -96,7 +97,7 @@ pub struct Connections {
 }
 
 impl Connections {
-    pub fn new(now: Instant) -> Self {
+    pub fn new(now: Instant, write_budget: usize) -> Self {
         Connections {
             slab: Slab::new(),
             read_list: Vec::new(),
@@ -105,6 +106,7 @@ impl Connections {
             close_list: Vec::new(),
             ignore_cap: false,
             now,
+            write_budget,
             queued_bytes: 0,
             peak_queue: 0,
         }
@@ -240,7 +242,7 @@ impl Connections {
         let before = conn.out.pending();
         let result = conn
             .out
-            .write_within(&mut conn.stream, written, WRITE_BUDGET);
+            .write_within(&mut conn.stream, written, self.write_budget);
         let sent = before - conn.out.pending();
         self.queued_bytes -= sent;
         conn.session

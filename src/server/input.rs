@@ -40,14 +40,14 @@ enum Served {
     Later,
 }
 
-impl Server {
-    /// Line bytes one turn may hand the chat.
-    fn turn_input_budget(&self) -> usize {
-        (self.max_outbuf / 4).max(1)
-    }
+/// Line bytes one turn may hand the chat: a quarter of the output cap.
+pub(super) fn turn_input_budget(max_outbuf: usize) -> usize {
+    (max_outbuf / 4).max(1)
+}
 
+impl Server {
     pub(super) fn read_connections(&mut self, now: Instant) {
-        let mut budget = self.turn_input_budget();
+        let mut budget = turn_input_budget(self.max_outbuf);
         let mut ready: VecDeque<(usize, usize)> = self
             .conns
             .take_read_list()

@@ -81,7 +81,9 @@ const READ_BUDGET: usize = 64 * 1024;
 /// Size of one read; also the most undecoded input a connection holds.
 const READ_CHUNK: usize = 16 * 1024;
 /// Bytes written to one connection per loop turn, so one fast reader of a
-/// long queue cannot hold up the turn; the rest goes next turn.
+/// long queue cannot hold up the turn; the rest goes next turn. Never less
+/// than twice what a turn may queue for a reader (see `input.rs`), or a
+/// fast reader with a big `--max-outbuf` would fall behind by design.
 const WRITE_BUDGET: usize = 256 * 1024;
 /// Connections accepted per loop turn, so a connect storm cannot starve
 /// clients already in.
@@ -170,7 +172,10 @@ impl Server {
             signals,
             waker,
             acceptor,
-            conns: Connections::new(Instant::now()),
+            conns: Connections::new(
+                Instant::now(),
+                WRITE_BUDGET.max(2 * input::turn_input_budget(config.max_outbuf)),
+            ),
             chat: Chat::new(chat_config(&config)),
             rules,
             timers: Timers::default(),
