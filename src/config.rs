@@ -20,6 +20,8 @@ pub struct Config {
     pub max_per_ip: usize,
     pub max_line: usize,
     pub max_outbuf: usize,
+    /// `SO_SNDBUF` for client sockets; 0 leaves the kernel's autotuning.
+    pub sndbuf: usize,
     pub write_timeout: Duration,
     /// Zero means off.
     pub idle_timeout: Duration,
@@ -51,6 +53,7 @@ impl Default for Config {
             max_per_ip: 64,
             max_line: 4096,
             max_outbuf: 1 << 20,
+            sndbuf: 64 * 1024,
             write_timeout: Duration::from_secs(30),
             idle_timeout: Duration::ZERO,
             rate: 10,
@@ -178,6 +181,13 @@ pub const FLAGS: &[Flag] = &[
         help: "pending output per client in bytes; beyond it lines are skipped",
         set: |c, v| parse_number(v).map(|value| c.max_outbuf = value),
         show: |c| c.max_outbuf.to_string(),
+    },
+    Flag {
+        name: "sndbuf",
+        placeholder: "BYTES",
+        help: "kernel send buffer per client socket (SO_SNDBUF; Linux doubles it); 0 = the kernel's autotuning",
+        set: |c, v| parse_number(v).map(|value| c.sndbuf = value),
+        show: |c| c.sndbuf.to_string(),
     },
     Flag {
         name: "write-timeout",

@@ -10,6 +10,7 @@ use mio::Interest;
 use super::acceptor::{Accepted, ACCEPT_BACKOFF};
 use super::connections::Connection;
 use super::session::Session;
+use super::socket_tuning;
 use super::timers::{Timer, TimerKind};
 use super::{telemetry, Server, Source, ACCEPT_BUDGET};
 use crate::chat::{Admission, ClientId};
@@ -47,6 +48,11 @@ impl Server {
         // previous turn's lines, which a delayed ACK makes 40 ms.
         if let Err(err) = stream.set_nodelay(true) {
             debug!("client from {peer}: cannot set TCP_NODELAY: {err}");
+        }
+        if self.sndbuf > 0 {
+            if let Err(err) = socket_tuning::cap_send_buffer(&stream, self.sndbuf) {
+                debug!("client from {peer}: cannot set SO_SNDBUF: {err}");
+            }
         }
         let key = self.conns.vacant_key();
         if let Err(err) = self.poll.registry().register(

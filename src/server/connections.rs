@@ -16,6 +16,7 @@ use slab::Slab;
 use super::out_queue::{Flushed, OutQueue};
 use super::session::{CloseCause, Phase, Session};
 use super::skip_warning::SkipWarnings;
+use super::socket_tuning::kernel_send_queue;
 use crate::chat::{split_lines, ClientId, Close, Outbox, ReceiptTag, Sent};
 
 pub struct Connection {
@@ -31,6 +32,9 @@ pub struct Connection {
     pub read_ready: bool,
     in_read_list: bool,
     in_flush_list: bool,
+    /// Spent this turn's write budget with output left: written again next
+    /// turn (the socket is not full, so no readiness event will come).
+    write_deferred: bool,
     /// WRITABLE is registered; only while output is stuck in the queue.
     pub wants_writable: bool,
     /// The earliest deadline a timer is scheduled for; a later deadline
@@ -60,6 +64,7 @@ impl Connection {
             read_ready: false,
             in_read_list: false,
             in_flush_list: false,
+            write_deferred: false,
             wants_writable: false,
             timer_at: None,
             nick: None,
@@ -81,6 +86,8 @@ pub struct Connections {
     read_list: Vec<usize>,
     /// Connections with output queued this turn, flushed in that order.
     flush_list: VecDeque<usize>,
+    /// Connections that spent their write budget: flushed first next turn.
+    deferred_flush: Vec<usize>,
     /// Connections to close at the end of this turn.
     close_list: Vec<usize>,
     /// Set during shutdown, so the shutdown notice reaches even a client
@@ -88,6 +95,8 @@ pub struct Connections {
     ignore_cap: bool,
     /// The current loop turn's time, for output-progress stamps.
     now: Instant,
+    /// Bytes written to one connection per turn at most.
+    write_budget: usize,
     /// Bytes queued on all connections together.
     queued_bytes: usize,
     /// The most bytes any one connection has had queued.
@@ -108,14 +117,16 @@ pub struct Connections {
 }
 
 impl Connections {
-    pub fn new(now: Instant) -> Self {
+    pub fn new(now: Instant, write_budget: usize) -> Self {
         Connections {
             slab: Slab::new(),
             read_list: Vec::new(),
             flush_list: VecDeque::new(),
+            deferred_flush: Vec::new(),
             close_list: Vec::new(),
             ignore_cap: false,
             now,
+            write_budget,
             queued_bytes: 0,
             peak_queue: 0,
             lines_queued: 0,
@@ -128,6 +139,12 @@ impl Connections {
 
     pub fn start_turn(&mut self, now: Instant) {
         self.now = now;
+        for key in std::mem::take(&mut self.deferred_flush) {
+            if let Some(conn) = self.slab.get_mut(key) {
+                conn.write_deferred = false;
+                Self::mark_for_flush(&mut self.flush_list, key, conn);
+            }
+        }
     }
 
     /// Drops the chunk kept for counting, so it pins no block while the
@@ -199,7 +216,10 @@ impl Connections {
 
     /// Whether any list holds work for this turn.
     pub fn has_work(&self) -> bool {
-        !self.read_list.is_empty() || !self.flush_list.is_empty() || !self.close_list.is_empty()
+        !self.read_list.is_empty()
+            || !self.flush_list.is_empty()
+            || !self.deferred_flush.is_empty()
+            || !self.close_list.is_empty()
     }
 
     /// From now on the cap no longer applies (the shutdown notice).
@@ -254,22 +274,53 @@ impl Connections {
         std::mem::take(&mut self.close_list)
     }
 
-    /// Writes what the socket takes of one connection's queue, appending the
-    /// receipts of lines that left whole to `written`.
+    /// Writes what the socket takes of one connection's queue, within the
+    /// per-turn write budget, appending the receipts of lines that left
+    /// whole to `written`. A connection over budget is deferred to the next
+    /// turn and not written again in this one.
     pub fn write(
         &mut self,
         key: usize,
         written: &mut Vec<ReceiptTag>,
     ) -> Option<io::Result<Flushed>> {
         let conn = self.slab.get_mut(key)?;
+        if conn.write_deferred {
+            return Some(Ok(Flushed::OverBudget));
+        }
         let before = conn.out.pending();
-        let result = conn.out.write_to(&mut conn.stream, written);
+        let result = conn
+            .out
+            .write_within(&mut conn.stream, written, self.write_budget);
         let sent = before - conn.out.pending();
         self.queued_bytes -= sent;
         self.bytes_written += sent as u64;
         conn.session
             .output_written(sent, conn.out.is_empty(), self.now);
+        match result {
+            // The stall check compares later looks at the kernel's queue
+            // with this one (see `Session::kernel_queue_seen`).
+            Ok(Flushed::Blocked) if conn.session.wants_kernel_queue() => {
+                if let Ok(queued) = kernel_send_queue(&conn.stream) {
+                    conn.session.kernel_queue_seen(queued, self.now);
+                }
+            }
+            Ok(Flushed::OverBudget) => {
+                conn.write_deferred = true;
+                self.deferred_flush.push(key);
+            }
+            _ => {}
+        }
         Some(result)
+    }
+
+    /// Looks at the kernel's send queue for the session's stall check.
+    pub fn look_at_kernel_queue(&mut self, key: usize) {
+        let Some(conn) = self.slab.get_mut(key) else {
+            return;
+        };
+        if let Ok(queued) = kernel_send_queue(&conn.stream) {
+            conn.session.kernel_queue_seen(queued, self.now);
+        }
     }
 
     /// Lines refused for a full queue since the client was last told, once

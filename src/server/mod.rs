@@ -21,6 +21,7 @@ mod rate;
 mod session;
 mod shutdown;
 mod skip_warning;
+mod socket_tuning;
 mod status_report;
 mod telemetry;
 mod timeouts;
@@ -107,6 +108,11 @@ impl Source {
 const READ_BUDGET: usize = 64 * 1024;
 /// Size of one read; also the most undecoded input a connection holds.
 const READ_CHUNK: usize = 16 * 1024;
+/// Bytes written to one connection per loop turn, so one fast reader of a
+/// long queue cannot hold up the turn; the rest goes next turn. Never less
+/// than twice what a turn may queue for a reader (see `input.rs`), or a
+/// fast reader with a big `--max-outbuf` would fall behind by design.
+const WRITE_BUDGET: usize = 256 * 1024;
 /// Connections accepted per loop turn, so a connect storm cannot starve
 /// clients already in.
 const ACCEPT_BUDGET: usize = 256;
@@ -168,6 +174,8 @@ pub struct Server {
     /// Limits the start-up check compares with the descriptor limit.
     wanted_descriptors: u64,
     max_outbuf: usize,
+    /// `SO_SNDBUF` for client sockets; 0 leaves the kernel's default.
+    sndbuf: usize,
     scratch: Box<[u8]>,
     published: Option<Arc<Mutex<ServerStats>>>,
     /// The `--metrics` port, when asked for.
@@ -255,7 +263,10 @@ impl Server {
             signals,
             waker,
             acceptor,
-            conns: Connections::new(Instant::now()),
+            conns: Connections::new(
+                Instant::now(),
+                WRITE_BUDGET.max(2 * input::turn_input_budget(config.max_outbuf)),
+            ),
             chat: Chat::with_peers(chat_config(&config), cluster),
             cluster_io,
             rules,
@@ -267,6 +278,7 @@ impl Server {
                 + RESERVED_DESCRIPTORS
                 + metrics_descriptors,
             max_outbuf: config.max_outbuf,
+            sndbuf: config.sndbuf,
             scratch: vec![0; READ_CHUNK].into_boxed_slice(),
             published: None,
             metrics,

@@ -25,6 +25,10 @@ pub enum Flushed {
     Drained,
     /// The socket took what it could; wait for writable readiness.
     Blocked,
+    /// The write budget was spent with output still queued and the socket
+    /// not known to be full: write again on the next turn, as no readiness
+    /// event will come for it.
+    OverBudget,
 }
 
 /// Pending output of one connection.
@@ -107,7 +111,22 @@ impl OutQueue {
         sink: &mut impl Write,
         written: &mut Vec<ReceiptTag>,
     ) -> io::Result<Flushed> {
+        self.write_within(sink, written, usize::MAX)
+    }
+
+    /// As `write_to`, but stops once `budget` bytes have been written (the
+    /// write that passes it is not cut short).
+    pub fn write_within(
+        &mut self,
+        sink: &mut impl Write,
+        written: &mut Vec<ReceiptTag>,
+        budget: usize,
+    ) -> io::Result<Flushed> {
+        let mut taken = 0usize;
         while self.pending > 0 {
+            if taken >= budget {
+                return Ok(Flushed::OverBudget);
+            }
             let mut slices = [IoSlice::new(&[]); MAX_SLICES_PER_WRITE];
             let mut count = 0;
             for (index, entry) in self.entries.iter().take(MAX_SLICES_PER_WRITE).enumerate() {
@@ -117,7 +136,10 @@ impl OutQueue {
             }
             match sink.write_vectored(&slices[..count]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => self.advance(n, written),
+                Ok(n) => {
+                    taken = taken.saturating_add(n);
+                    self.advance(n, written);
+                }
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Ok(Flushed::Blocked),
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
                 Err(err) => return Err(err),
@@ -289,6 +311,29 @@ mod tests {
         );
         assert_eq!(sink.taken.len(), (MAX_SLICES_PER_WRITE * 3 + 5) * 3);
         assert_eq!(sink.calls, 4);
+    }
+
+    #[test]
+    fn a_write_budget_stops_between_writes_and_resumes_in_order() {
+        let mut queue = OutQueue::new(LIMIT);
+        for i in 0..(MAX_SLICES_PER_WRITE * 4) {
+            queue.push(Bytes::from(format!("{i:06}\r\n")), None, false);
+        }
+        let total = queue.pending();
+        let mut sink = trickle(usize::MAX);
+        let mut written = Vec::new();
+        // One write carries MAX_SLICES_PER_WRITE lines of 8 bytes.
+        let per_write = MAX_SLICES_PER_WRITE * 8;
+        let flushed = queue.write_within(&mut sink, &mut written, per_write + 1);
+        assert_eq!(flushed.unwrap(), Flushed::OverBudget);
+        assert_eq!(sink.taken.len(), 2 * per_write);
+        let flushed = queue.write_within(&mut sink, &mut written, usize::MAX);
+        assert_eq!(flushed.unwrap(), Flushed::Drained);
+        assert_eq!(sink.taken.len(), total);
+        assert!(sink.taken.starts_with(b"000000\r\n000001\r\n"));
+        assert!(sink
+            .taken
+            .ends_with(format!("{:06}\r\n", MAX_SLICES_PER_WRITE * 4 - 1).as_bytes()));
     }
 
     /// One step of the model test.

@@ -30,7 +30,10 @@ impl Server {
         }
     }
 
-    fn flush_connection(&mut self, key: usize, written: &mut Vec<ReceiptTag>) {
+    /// Writes what one connection's socket takes, within the per-turn write
+    /// budget; sets poll interest, reports skipped lines, and closes a
+    /// closing connection once drained.
+    pub(super) fn flush_connection(&mut self, key: usize, written: &mut Vec<ReceiptTag>) {
         let phase = match self.conns.get(key) {
             Some(conn) => conn.session.phase(),
             None => return,
@@ -38,10 +41,9 @@ impl Server {
         if phase == Phase::Dead {
             return;
         }
-        let wants_writable = match self.conns.write(key, written) {
+        let flushed = match self.conns.write(key, written) {
             None => return,
-            Some(Ok(Flushed::Drained)) => false,
-            Some(Ok(Flushed::Blocked)) => true,
+            Some(Ok(flushed)) => flushed,
             Some(Err(err)) => {
                 debug!("client {key}: write failed: {err}");
                 self.end_connection(key, Phase::Dead, CloseCause::Reset);
@@ -50,6 +52,13 @@ impl Server {
         };
         let Some(conn) = self.conns.get_mut(key) else {
             return;
+        };
+        // Over budget, the socket is not known to be full: the connection is
+        // written again next turn whatever its interest.
+        let wants_writable = match flushed {
+            Flushed::Drained => false,
+            Flushed::Blocked => true,
+            Flushed::OverBudget => conn.wants_writable,
         };
         if wants_writable != conn.wants_writable {
             let interest = if wants_writable {
@@ -69,7 +78,7 @@ impl Server {
             }
             conn.wants_writable = wants_writable;
         }
-        if !wants_writable && phase == Phase::Closing {
+        if flushed == Flushed::Drained && phase == Phase::Closing {
             self.conns.schedule_close(key);
         } else if let Some(skipped) = self.conns.take_skipped_to_report(key) {
             self.chat

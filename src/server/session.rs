@@ -80,7 +80,11 @@ pub enum Input {
 /// A deadline that `handle_timeout` found passed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Expired {
-    /// Pending output did not move for the write timeout: drop it now.
+    /// Pending output was not seen to move for the write timeout. Before
+    /// dropping the client, the reactor tries a write and looks at the
+    /// kernel's send queue (`output_written`, `kernel_queue_seen`), then
+    /// asks `is_stalled`: a socket that drains, however slowly, may not have
+    /// become writable enough for epoll to say so.
     WriteStall,
     /// Nothing was received for the idle timeout: let the chat close it.
     Idle,
@@ -95,13 +99,20 @@ pub struct Session {
     paused_until: Option<Instant>,
     last_input: Instant,
     /// While output is pending: when it last moved (was queued into an
-    /// empty queue, or the socket took bytes of it). `None` when drained.
+    /// empty queue, the socket took bytes of it, or the kernel's send queue
+    /// was seen to shrink). `None` when drained.
     output_moved: Option<Instant>,
+    /// The kernel's send queue at the last look since output last moved in
+    /// user space; a later look that finds it smaller proves the peer reads.
+    /// `None` until looked at: a write that took bytes grew it.
+    kernel_queue: Option<usize>,
     phase: Phase,
     cause: Option<CloseCause>,
     /// The chat waits for the other servers' answer to this client's last
     /// line; its next lines wait too.
     held: bool,
+    /// The peer has closed its sending side.
+    input_ended: bool,
 }
 
 impl Session {
@@ -112,9 +123,11 @@ impl Session {
             paused_until: None,
             last_input: now,
             output_moved: None,
+            kernel_queue: None,
             phase: Phase::Open,
             cause: None,
             held: false,
+            input_ended: false,
         }
     }
 
@@ -155,9 +168,16 @@ impl Session {
     }
 
     /// The peer closed its sending side: what is left without a line end
-    /// becomes the last line.
-    pub fn input_ended(&mut self) {
+    /// becomes the last line. True the first time, when that last line may
+    /// still have to be decoded; false once it has been, so the reactor
+    /// hangs up.
+    pub fn input_ended(&mut self) -> bool {
+        if self.input_ended {
+            return false;
+        }
+        self.input_ended = true;
         self.decoder.finish();
+        true
     }
 
     /// The next thing decoded from the input, if the rate limit allows.
@@ -194,6 +214,7 @@ impl Session {
     pub fn output_queued(&mut self, was_empty: bool, now: Instant) {
         if was_empty || self.output_moved.is_none() {
             self.output_moved = Some(now);
+            self.kernel_queue = None;
         }
     }
 
@@ -202,9 +223,40 @@ impl Session {
     pub fn output_written(&mut self, bytes: usize, drained: bool, now: Instant) {
         if drained {
             self.output_moved = None;
+            self.kernel_queue = None;
         } else if bytes > 0 {
             self.output_moved = Some(now);
+            self.kernel_queue = None;
         }
+    }
+
+    /// Whether the reactor should look at the kernel's send queue after a
+    /// write that left output pending: once per user-space movement, so the
+    /// stall check has a reference to compare with.
+    pub fn wants_kernel_queue(&self) -> bool {
+        self.output_moved.is_some() && self.kernel_queue.is_none()
+    }
+
+    /// The kernel's send queue holds `bytes` not yet acknowledged by the
+    /// peer (`SIOCOUTQ`). Less than at the last look means the peer took
+    /// some: output moved, even though no write could add to it.
+    pub fn kernel_queue_seen(&mut self, bytes: usize, now: Instant) {
+        if self.output_moved.is_none() {
+            return;
+        }
+        if self.kernel_queue.is_some_and(|before| bytes < before) {
+            self.output_moved = Some(now);
+        }
+        self.kernel_queue = Some(bytes);
+    }
+
+    /// After a `WriteStall` and the reactor's write attempt and look at the
+    /// kernel's queue: whether output still has not moved for the write
+    /// timeout, so the client takes nothing and must go.
+    pub fn is_stalled(&self, rules: &Rules, now: Instant) -> bool {
+        self.output_moved
+            .and_then(|moved| moved.checked_add(rules.write_timeout))
+            .is_some_and(|deadline| deadline <= now)
     }
 
     /// When `handle_timeout` must next be called; `None` if never.
@@ -511,5 +563,127 @@ mod tests {
         session.output_queued(true, start);
         assert_eq!(session.poll_timeout(&rules), None);
         assert_eq!(session.handle_timeout(&rules, start + SECOND), None);
+    }
+    /// The reactor's side of a stall deadline, as in `timeouts.rs`: a
+    /// write attempt that takes `written` bytes, a look at the kernel's
+    /// queue, then the verdict.
+    fn probe(
+        session: &mut Session,
+        rules: &Rules,
+        written: usize,
+        queue: usize,
+        now: Instant,
+    ) -> bool {
+        assert_eq!(
+            session.handle_timeout(rules, now),
+            Some(Expired::WriteStall)
+        );
+        session.output_written(written, false, now);
+        session.kernel_queue_seen(queue, now);
+        session.is_stalled(rules, now)
+    }
+
+    /// Output queued and written in part; the socket then blocks with
+    /// `queue` bytes in the kernel, as the reactor reports after a write.
+    fn blocked_with(session: &mut Session, queue: usize, now: Instant) {
+        session.output_queued(true, now);
+        session.output_written(1000, false, now);
+        assert!(session.wants_kernel_queue());
+        session.kernel_queue_seen(queue, now);
+        assert!(!session.wants_kernel_queue());
+    }
+
+    #[test]
+    fn a_reader_that_takes_nothing_is_stalled_exactly_at_the_write_timeout() {
+        let rules = rules();
+        let start = Instant::now();
+        let mut session = Session::new(&rules, start);
+        blocked_with(&mut session, 100_000, start);
+        assert_eq!(session.poll_timeout(&rules), Some(start + 30 * SECOND));
+        let just_before = start + 30 * SECOND - Duration::from_millis(1);
+        assert_eq!(session.handle_timeout(&rules, just_before), None);
+        assert!(probe(&mut session, &rules, 0, 100_000, start + 30 * SECOND));
+    }
+
+    #[test]
+    fn a_kernel_queue_that_shrinks_however_little_is_never_a_stall() {
+        let rules = Rules {
+            idle_timeout: None,
+            ..rules()
+        };
+        let start = Instant::now();
+        let mut session = Session::new(&rules, start);
+        blocked_with(&mut session, 100_000, start);
+        let mut now = start;
+        let mut queue = 100_000;
+        // A reader taking one byte per write timeout, never enough for the
+        // socket to take a write: kept for a hundred periods.
+        for _ in 0..100 {
+            now += 30 * SECOND;
+            queue -= 1;
+            assert!(!probe(&mut session, &rules, 0, queue, now));
+            assert_eq!(session.poll_timeout(&rules), Some(now + 30 * SECOND));
+        }
+        // Then it stops reading: gone one write timeout after the last look
+        // that saw it move.
+        assert!(probe(&mut session, &rules, 0, queue, now + 30 * SECOND));
+    }
+
+    #[test]
+    fn a_write_taken_at_the_deadline_is_movement() {
+        let rules = Rules {
+            idle_timeout: None,
+            ..rules()
+        };
+        let start = Instant::now();
+        let mut session = Session::new(&rules, start);
+        blocked_with(&mut session, 100_000, start);
+        let deadline = start + 30 * SECOND;
+        // The write fills the kernel queue again, so it looks no smaller.
+        assert!(!probe(&mut session, &rules, 500, 100_000, deadline));
+        assert_eq!(session.poll_timeout(&rules), Some(deadline + 30 * SECOND));
+        assert!(probe(
+            &mut session,
+            &rules,
+            0,
+            100_000,
+            deadline + 30 * SECOND
+        ));
+    }
+
+    #[test]
+    fn without_a_reference_look_a_full_kernel_queue_proves_nothing() {
+        let rules = rules();
+        let start = Instant::now();
+        let mut session = Session::new(&rules, start);
+        // The look after the write failed (no SIOCOUTQ): the first look at
+        // the deadline has nothing to compare with.
+        session.output_queued(true, start);
+        assert!(probe(&mut session, &rules, 0, 50_000, start + 30 * SECOND));
+    }
+
+    #[test]
+    fn a_growing_queue_after_the_look_is_not_movement() {
+        let rules = rules();
+        let start = Instant::now();
+        let mut session = Session::new(&rules, start);
+        blocked_with(&mut session, 100_000, start);
+        assert!(probe(&mut session, &rules, 0, 100_001, start + 30 * SECOND));
+    }
+
+    #[test]
+    fn a_drained_queue_needs_no_look_and_has_no_deadline() {
+        let rules = Rules {
+            idle_timeout: None,
+            ..rules()
+        };
+        let start = Instant::now();
+        let mut session = Session::new(&rules, start);
+        blocked_with(&mut session, 100_000, start);
+        session.output_written(10, true, start + SECOND);
+        assert!(!session.wants_kernel_queue());
+        assert_eq!(session.poll_timeout(&rules), None);
+        session.kernel_queue_seen(0, start + SECOND);
+        assert!(!session.is_stalled(&rules, start + 60 * SECOND));
     }
 }

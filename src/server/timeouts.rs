@@ -58,14 +58,7 @@ impl Server {
         match expired {
             None => {}
             Some(Expired::RateResumed) => self.conns.schedule_read(key),
-            Some(Expired::WriteStall) => {
-                warn!(
-                    "client {key} from {}: no output taken for {} s, disconnecting",
-                    conn.peer,
-                    self.rules.write_timeout.as_secs()
-                );
-                self.end_connection(key, Phase::Dead, CloseCause::TooSlow);
-            }
+            Some(Expired::WriteStall) => self.check_write_stall(key, now),
             Some(Expired::Idle) => {
                 let peer = conn.peer;
                 let timeout = self.rules.idle_timeout.unwrap_or_default().as_secs();
@@ -76,5 +69,32 @@ impl Server {
             }
         }
         self.arm_timer(key);
+    }
+
+    /// Pending output was not seen to move for the write timeout. Epoll
+    /// says writable only once a third of the send buffer is free, so a
+    /// slow reader may be taking bytes all along: try a write, look at the
+    /// kernel's send queue, and let the session judge. A client that took
+    /// nothing is dropped; one that drains keeps its place, and the write
+    /// lets its skip notice through once its queue has room.
+    fn check_write_stall(&mut self, key: usize, now: Instant) {
+        let mut written = Vec::new();
+        self.flush_connection(key, &mut written);
+        for tag in written.drain(..) {
+            self.chat.on_written(&mut self.conns, tag);
+        }
+        self.conns.look_at_kernel_queue(key);
+        let Some(conn) = self.conns.get(key) else {
+            return;
+        };
+        if conn.session.phase() == Phase::Dead || !conn.session.is_stalled(&self.rules, now) {
+            return;
+        }
+        warn!(
+            "client {key} from {}: no output taken for {} s, disconnecting",
+            conn.peer,
+            self.rules.write_timeout.as_secs()
+        );
+        self.end_connection(key, Phase::Dead, CloseCause::TooSlow);
     }
 }
