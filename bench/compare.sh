@@ -3,7 +3,10 @@
 # (examples/loadgen) in one run: fan-out throughput at N = 10, 100, 1000
 # receivers (64-byte lines), 1 KiB lines at N = 100, p99 latency at N = 1000
 # with the sender at half the measured maximum, and server RSS per idle
-# connection. Prints Markdown tables; exits non-zero if any run lost,
+# connection. A cluster row: two Apollonion servers joined through the same
+# Redis (--redis), N = 1000 receivers split between them, the sender on the
+# first; Redis commands per delivered line from INFO commandstats; p99 at
+# 1,000 lines/s. Prints Markdown tables; exits non-zero if any run lost,
 # duplicated or reordered a line, or failed to finish.
 #
 # Knobs (environment):
@@ -12,7 +15,8 @@
 #                     lines/s is reported (its latency figures with it)
 #   DELIVERIES=10000000        deliveries per 64-byte run (lines = this / N)
 #   BIG_DELIVERIES=2000000     deliveries per 1 KiB run
-#   LATENCY_SECS=5    length of each half-rate latency run
+#   LATENCY_SECS=5    length of each half-rate latency run (and of the
+#                     cluster's 1,000 lines/s run)
 #   IDLE_CONNS=10000  connections in the idle-memory runs (0 = skip them)
 #   APOLLONION_PORT / REDIS_PORT   first port to try (default 18080 / 16379)
 #   RESULTS_DIR=target/compare     raw JSON lines and server logs
@@ -77,8 +81,13 @@ stop_pid() {
     wait "$pid" 2>/dev/null || true
 }
 
+CLU_A_PID=""
+CLU_B_PID=""
+
 cleanup() {
     stop_pid "$APO_PID"
+    stop_pid "$CLU_A_PID"
+    stop_pid "$CLU_B_PID"
     stop_pid "$REDIS_PID"
 }
 trap cleanup EXIT
@@ -139,10 +148,14 @@ field() { sed -n "s/.*\"$2\":\"\{0,1\}\([^,\"}]*\).*/\1/p" <<<"$1"; }
 # on. (Not called in $(...): a subshell would forget FAILED.)
 LAST=""
 loadgen() {
-    local system=$1 port
+    local system=$1 target addr
     shift
-    if [ "$system" = apollonion ]; then port=$APO_PORT; else port=$REDIS_PORT; fi
-    if ! LAST=$("$LOADGEN" --target "$system" --addr "127.0.0.1:$port" --json "$@" \
+    case $system in
+    apollonion) target=apollonion addr="127.0.0.1:$APO_PORT" ;;
+    redis) target=redis addr="127.0.0.1:$REDIS_PORT" ;;
+    cluster) target=apollonion addr="127.0.0.1:$CLU_A_PORT,127.0.0.1:$CLU_B_PORT" ;;
+    esac
+    if ! LAST=$("$LOADGEN" --target "$target" --addr "$addr" --json "$@" \
         2>"$RESULTS/last.err"); then
         FAILED=1
         log "FAILED: $system $*"
@@ -210,6 +223,57 @@ latency_run apollonion
 LAT_APO=$LAST
 latency_run redis
 LAT_REDIS=$LAST
+
+# --- cluster: two servers joined through the Redis above --------------------
+
+start_cluster_node() {
+    local port=$1 name=$2
+    "$APOLLONION" --listen "127.0.0.1:$port" --rate 0 --max-per-ip 0 \
+        --max-clients 20000 --log-level warn --redis "redis://127.0.0.1:$REDIS_PORT" \
+        --cluster-name compare >>"$RESULTS/$name.log" 2>&1 &
+}
+
+# Every command Redis has run so far (the INFO asking counts too).
+redis_commands() {
+    redis-cli -p "$REDIS_PORT" INFO commandstats |
+        awk -F'[:=,]' '/^cmdstat_/ { sum += $3 } END { print sum + 0 }'
+}
+
+CLU_A_PORT=$(free_port "${CLUSTER_PORT:-18180}")
+start_cluster_node "$CLU_A_PORT" cluster-a
+CLU_A_PID=$!
+wait_ready "$CLU_A_PORT" "$CLU_A_PID" cluster-a
+CLU_B_PORT=$(free_port $((CLU_A_PORT + 1)))
+start_cluster_node "$CLU_B_PORT" cluster-b
+CLU_B_PID=$!
+wait_ready "$CLU_B_PORT" "$CLU_B_PID" cluster-b
+# Both registered with Redis, so both hear each other from the first line.
+for _ in $(seq 100); do
+    [ "$(redis-cli -p "$REDIS_PORT" SCARD compare:nodes)" = 2 ] && break
+    sleep 0.1
+done
+log "cluster on ports $CLU_A_PORT and $CLU_B_PORT through redis on $REDIS_PORT"
+CLU_LINES=$((DELIVERIES / 1000))
+for rep in $(seq "$REPS"); do
+    log "cluster: N=1000 split over 2 servers, $CLU_LINES lines (repetition $rep of $REPS)"
+    before=$(redis_commands)
+    loadgen cluster --receivers 1000 --payload 64 --lines "$CLU_LINES" \
+        --warmup-lines "$((CLU_LINES / 5 < 1000 ? CLU_LINES / 5 : 1000))"
+    after=$(redis_commands)
+    lps=$(field "$LAST" lines_per_sec)
+    printf '%s\t%s\t%s\n' "${lps:-0}" "$((after - before))" "$LAST" >>"$RESULTS/points/cluster"
+done
+CLU_MEDIAN=$(sort -n "$RESULTS/points/cluster" | sed -n "$(((REPS + 1) / 2))p")
+CLU_COMMANDS=$(cut -f2 <<<"$CLU_MEDIAN")
+CLU_RUN=$(cut -f3- <<<"$CLU_MEDIAN")
+log "cluster: N=1000 at 1000 lines/s for $LATENCY_SECS s"
+loadgen cluster --receivers 1000 --payload 64 --rate 1000 --duration "$LATENCY_SECS" \
+    --warmup-lines 1000
+LAT_CLU=$LAST
+stop_pid "$CLU_A_PID"
+stop_pid "$CLU_B_PID"
+CLU_A_PID="" CLU_B_PID=""
+
 stop_apollonion
 stop_redis
 
@@ -287,6 +351,26 @@ for system in apollonion redis; do
     sent=$(awk -v l="$(shown "$j" lines_sent)" -v e="$(shown "$j" elapsed_s)" 'BEGIN { if (e > 0) printf "%d", l / e; else printf "-" }')
     echo "| $system | $sent | $(shown "$j" lines_per_sec) | $(shown "$j" p50_us) | $p99 | $(shown "$j" max_us) | $t | $(shown "$j" deliveries)/$(shown "$j" deliveries_expected) $(shown "$j" result) |"
 done
+
+echo
+echo "### Cluster: 2 servers + Redis, N = 1000 receivers split, 1 sender on the first"
+echo
+echo "| run | lines/s | vs Redis | vs one server | target | Redis commands | per delivered line | p50 µs | p99 µs | accounting |"
+echo "|---|---|---|---|---|---|---|---|---|---|"
+c=$(field "$CLU_RUN" lines_per_sec)
+r=$(field "$(median redis 1000 64)" lines_per_sec)
+a=$(field "$(median apollonion 1000 64)" lines_per_sec)
+vr=$(ratio "${c:-0}" "${r:-0}")
+va=$(ratio "${c:-0}" "${a:-0}")
+if [ "$vr" != - ] && [ "$va" != - ] && ge "$vr" 2 && ge "$va" 0.5; then t="≥ 2× Redis, ≥ 0.5× one server met"; else t="≥ 2× Redis, ≥ 0.5× one server NOT met"; fi
+per=$(awk -v n="${CLU_COMMANDS:-0}" -v d="$(shown "$CLU_RUN" deliveries)" 'BEGIN { if (d > 0) printf "%.5f", n / d; else printf "-" }')
+echo "| max rate | $(shown "$CLU_RUN" lines_per_sec) | **$vr×** | **$va×** | $t | ${CLU_COMMANDS:--} | $per | $(shown "$CLU_RUN" p50_us) | $(shown "$CLU_RUN" p99_us) | $(shown "$CLU_RUN" deliveries)/$(shown "$CLU_RUN" deliveries_expected) $(shown "$CLU_RUN" result) |"
+p99=$(field "$LAT_CLU" p99_us)
+if [ -n "$p99" ] && lt "$p99" 10000; then t="p99 < 10 ms met"; else t="p99 < 10 ms NOT met"; fi
+echo "| 1,000 lines/s | $(shown "$LAT_CLU" lines_per_sec) | | | $t | | | $(shown "$LAT_CLU" p50_us) | $p99 | $(shown "$LAT_CLU" deliveries)/$(shown "$LAT_CLU" deliveries_expected) $(shown "$LAT_CLU" result) |"
+echo
+echo "Redis commands counted over the whole run, the 1,000 connections' joins"
+echo "and leaves included; lines/s counts deliveries."
 
 if [ "$IDLE_CONNS" -gt 0 ]; then
     echo

@@ -81,7 +81,11 @@ pub enum Stop {
 #[derive(Clone, Debug)]
 pub struct LoadConfig {
     pub target: Target,
+    /// Where the senders connect, and the first receivers.
     pub addr: SocketAddr,
+    /// Further servers of a cluster: receivers are spread over `addr` and
+    /// these round robin.
+    pub more_addrs: Vec<SocketAddr>,
     pub receivers: usize,
     pub senders: usize,
     /// Exact size of each line's text (without the line ending).
@@ -111,6 +115,7 @@ impl LoadConfig {
         LoadConfig {
             target,
             addr,
+            more_addrs: Vec::new(),
             receivers: 100,
             senders: 1,
             payload: 64,
@@ -834,6 +839,8 @@ struct Driver {
     scratch: Vec<u8>,
     flow: Flow,
     addr: SocketAddr,
+    /// `addr` first, then the other servers receivers are spread over.
+    addrs: Vec<SocketAddr>,
     stall_timeout: Duration,
     /// Every connection to open, in order; `opened` of them are.
     plan: Vec<(Role, Handshake)>,
@@ -857,6 +864,7 @@ impl Driver {
                 Progress::default(),
             )
         })?;
+        let mut addrs = Vec::new();
         let (target, addr, n, s, payload, window, rate, channel, stall, roles) = match setup {
             Setup::Load(c) => {
                 let mut roles = Vec::with_capacity(c.receivers + c.senders);
@@ -870,6 +878,7 @@ impl Driver {
                 };
                 roles.extend((0..c.receivers).map(|r| (Role::Receiver(r), receive)));
                 roles.extend((0..c.senders).map(|s| (Role::Sender(s), send)));
+                addrs.extend(c.more_addrs.iter().copied());
                 (
                     c.target,
                     c.addr,
@@ -961,6 +970,7 @@ impl Driver {
             scratch: vec![0; MAX_CARRY + READ_SIZE],
             flow,
             addr,
+            addrs: std::iter::once(addr).chain(addrs).collect(),
             stall_timeout: stall,
             confirm_accepts: roles.iter().any(|&(_, hs)| hs == Handshake::None),
             plan: roles,
@@ -1005,7 +1015,10 @@ impl Driver {
     fn open_next(&mut self) -> Result<(), LoadError> {
         let idx = self.opened;
         let (role, handshake) = self.plan[idx];
-        let addr = self.addr;
+        let addr = match role {
+            Role::Receiver(r) => self.addrs[r % self.addrs.len()],
+            Role::Sender(_) | Role::Idle => self.addr,
+        };
         let mut stream = TcpStream::connect(addr).map_err(|e| {
             self.flow.fail(
                 FailKind::Connect,

@@ -26,8 +26,10 @@ usage: cargo run --release --example loadgen -- [--flag VALUE]...
 
 throughput mode (the default):
   --target apollonion|redis   protocol of the daemon (default apollonion)
-  --addr ADDR                 daemon address (default 127.0.0.1:8080,
-                              or 127.0.0.1:6379 for redis)
+  --addr ADDR[,ADDR...]       daemon address (default 127.0.0.1:8080,
+                              or 127.0.0.1:6379 for redis); several
+                              addresses (a cluster): receivers spread over
+                              them round robin, senders on the first
   --receivers N               receiving connections (default 100)
   --senders S                 sending connections (default 1)
   --payload BYTES             size of each line's text (default 64)
@@ -73,6 +75,7 @@ struct Args {
 fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Args>, String> {
     let mut target = Target::Apollonion;
     let mut addr: Option<SocketAddr> = None;
+    let mut more_addrs: Vec<SocketAddr> = Vec::new();
     let mut load = LoadConfig::new(target, target.default_addr());
     let mut out = Args {
         load: load.clone(),
@@ -129,11 +132,15 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Args>, St
                 }
             }
             "--addr" => {
-                addr = Some(value.parse().map_err(|_| {
-                    format!(
-                        "bad value {value:?} for --addr: expected an address like 127.0.0.1:8080"
-                    )
-                })?)
+                let mut parsed = value.split(',').map(|one| {
+                    one.trim().parse::<SocketAddr>().map_err(|_| {
+                        format!(
+                            "bad value {value:?} for --addr: expected addresses like 127.0.0.1:8080,127.0.0.1:8081"
+                        )
+                    })
+                });
+                addr = parsed.next().transpose()?;
+                more_addrs = parsed.collect::<Result<_, _>>()?;
             }
             "--receivers" => load.receivers = count()? as usize,
             "--senders" => load.senders = count()? as usize,
@@ -166,6 +173,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Args>, St
     }
     load.target = target;
     load.addr = addr.unwrap_or(target.default_addr());
+    load.more_addrs = more_addrs;
     out.load = load;
     Ok(Some(out))
 }
@@ -229,10 +237,14 @@ fn describe_run(cfg: &LoadConfig) -> String {
     } else {
         String::new()
     };
+    let addrs: Vec<String> = std::iter::once(cfg.addr)
+        .chain(cfg.more_addrs.iter().copied())
+        .map(|addr| addr.to_string())
+        .collect();
     format!(
         "{} at {}: {} receivers, {} sender(s), {}-byte payload, window {}, {stop}{rate}",
         cfg.target.name(),
-        cfg.addr,
+        addrs.join(","),
         cfg.receivers,
         cfg.senders,
         cfg.payload,
