@@ -239,3 +239,17 @@ fn a_receipt_counts_the_recipients_of_every_server() {
     ann.send("anyone?");
     assert_eq!(answer(&mut ann), "* #2 delivered to 0 of 0");
 }
+
+#[test]
+fn a_direct_message_is_not_overtaken_by_the_senders_next_line() {
+    let Some(cluster) = cluster(2) else { return };
+    let mut ann = member(&cluster.servers[0], "ann");
+    let mut bob = member(&cluster.servers[1], "bob");
+    enter(&mut ann, "ann", "#o", &mut []);
+    enter(&mut bob, "bob", "#o", &mut [&mut ann]);
+    // One write: the room line must wait for the lookup of bob's server.
+    ann.send_raw(b"/msg bob first\r\nsecond\r\n");
+    assert_eq!(answer(&mut bob), "(dm) ann: first");
+    assert_eq!(answer(&mut bob), "ann: second");
+    assert_eq!(answer(&mut ann), "* delivered to bob");
+}

@@ -729,6 +729,20 @@ impl<P: Peers> Chat<P> {
         }
     }
 
+    /// The direct message `ticket` is on its way (or its target is known
+    /// not to exist): its sender's input is taken again.
+    pub fn on_direct_looked_up(&mut self, out: &mut impl Outbox, ticket: Ticket) {
+        let Some(waiter) = self.waiters.get(&ticket) else {
+            return;
+        };
+        let same = self
+            .client(waiter.client)
+            .is_some_and(|client| client.serial == waiter.serial);
+        if same {
+            out.release_input(waiter.client);
+        }
+    }
+
     /// What became of a direct message handed to the other servers.
     pub fn on_direct_report(
         &mut self,
@@ -1221,6 +1235,9 @@ impl<P: Peers> Chat<P> {
                     if let Some(ticket) = self.ticket(id, awaited) {
                         let folded = to.to_ascii_lowercase();
                         if self.peers.direct(ticket, &folded, line) == Route::Remote {
+                            // Its later lines wait until the message is
+                            // on its way, so none overtakes it.
+                            out.hold_input(id);
                             return;
                         }
                         self.waiters.remove(&ticket);

@@ -88,6 +88,9 @@ pub enum ClusterEvent {
         line: Bytes,
         relay: u64,
     },
+    /// The target of direct message `ticket` was looked up (and the
+    /// message sent, if found): its sender may go on.
+    DirectLookedUp { ticket: u64 },
     /// What became of a direct message this node sent.
     DirectReport { ticket: u64, outcome: DirectOutcome },
     /// `/who` across the servers; `None` when Redis did not answer.
@@ -689,6 +692,8 @@ impl Cluster {
                 target,
                 line,
             } => {
+                self.events
+                    .push_back(ClusterEvent::DirectLookedUp { ticket });
                 let node = reply
                     .bytes()
                     .and_then(|node| std::str::from_utf8(node).ok())
@@ -762,12 +767,18 @@ impl Cluster {
                         .push_back(ClusterEvent::ReceiptServers { tag, servers });
                 }
             }
-            Purpose::DirectLookup { ticket, .. } | Purpose::DirectSent { ticket } => {
+            Purpose::DirectLookup { ticket, .. } => {
+                self.events
+                    .push_back(ClusterEvent::DirectLookedUp { ticket });
                 self.events.push_back(ClusterEvent::DirectReport {
                     ticket,
                     outcome: DirectOutcome::NoSuchUser,
                 })
             }
+            Purpose::DirectSent { ticket } => self.events.push_back(ClusterEvent::DirectReport {
+                ticket,
+                outcome: DirectOutcome::NoSuchUser,
+            }),
             Purpose::Members { ticket } => self.events.push_back(ClusterEvent::MemberList {
                 ticket,
                 names: None,

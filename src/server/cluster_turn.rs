@@ -79,6 +79,9 @@ impl Server {
                     }
                 }
             }
+            ClusterEvent::DirectLookedUp { ticket } => {
+                self.chat.on_direct_looked_up(out, ticket);
+            }
             ClusterEvent::DirectReport { ticket, outcome } => {
                 self.chat.on_direct_report(out, ticket, outcome);
             }
