@@ -74,9 +74,9 @@ pub fn render(snapshot: &Snapshot<'_>) -> String {
         counters.lines_received,
     );
     out.counter(
-        "apollonion_lines_queued_total",
-        "Line copies queued for recipients' sockets (one line to ten people is ten); skipped lines are not in it.",
-        counters.lines_queued,
+        "apollonion_lines_delivered_total",
+        "Line copies written whole into recipients' sockets (one line to ten people is ten).",
+        counters.lines_delivered,
     );
     out.counter(
         "apollonion_lines_skipped_total",
@@ -179,7 +179,7 @@ mod tests {
         let mut counters = Counters {
             connections_accepted: 7,
             lines_received: 11,
-            lines_queued: 20,
+            lines_delivered: 20,
             lines_skipped: 3,
             direct_messages: 2,
             bytes_written: 4096,
@@ -247,7 +247,7 @@ mod tests {
             ("apollonion_disconnects_total{cause=\"hung_up\"}", "0"),
             ("apollonion_disconnects_total{cause=\"shutdown\"}", "0"),
             ("apollonion_lines_received_total", "11"),
-            ("apollonion_lines_queued_total", "20"),
+            ("apollonion_lines_delivered_total", "20"),
             ("apollonion_lines_skipped_total", "3"),
             ("apollonion_direct_messages_total", "2"),
             ("apollonion_bytes_written_total", "4096"),

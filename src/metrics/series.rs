@@ -154,10 +154,10 @@ pub struct Counters {
     pub disconnects: Tally<DisconnectCause>,
     /// Lines read from clients and handed to the chat (commands included).
     pub lines_received: u64,
-    /// Copies of lines queued for a recipient's socket (one line to 10
-    /// people is 10). Counted when queued, not when written: a copy still
-    /// queued when its connection dies is in it. Skipped lines are not.
-    pub lines_queued: u64,
+    /// Copies of lines the recipients' sockets took whole (one line to 10
+    /// people is 10): counted when written, so a copy still queued when its
+    /// connection dies is not in it, nor is a skipped line.
+    pub lines_delivered: u64,
     /// Lines not queued for a too-slow client (`--max-outbuf`).
     pub lines_skipped: u64,
     pub direct_messages: u64,

@@ -41,12 +41,12 @@ impl StatsLine {
             return None;
         }
         let line = format!(
-            "stats: {} chatting, {} waiting, {} rooms; {} lines in, {} queued for delivery, {} skipped, {} connections accepted in the last {}s",
+            "stats: {} chatting, {} waiting, {} rooms; {} lines in, {} delivered, {} skipped, {} connections accepted in the last {}s",
             gauges.clients_chatting,
             gauges.clients_waiting,
             gauges.rooms,
             counters.lines_received.saturating_sub(self.previous.lines_received),
-            counters.lines_queued.saturating_sub(self.previous.lines_queued),
+            counters.lines_delivered.saturating_sub(self.previous.lines_delivered),
             counters.lines_skipped.saturating_sub(self.previous.lines_skipped),
             counters.connections_accepted.saturating_sub(self.previous.connections_accepted),
             (now - (self.next - self.interval)).as_secs(),
@@ -83,7 +83,7 @@ mod tests {
         assert_eq!(stats.deadline(), start + interval);
         let mut counters = Counters {
             lines_received: 10,
-            lines_queued: 40,
+            lines_delivered: 40,
             connections_accepted: 3,
             ..Counters::default()
         };
@@ -99,20 +99,20 @@ mod tests {
         let first = stats.poll(start + interval, &gauges(3), &counters).unwrap();
         assert_eq!(
             first,
-            "stats: 3 chatting, 1 waiting, 2 rooms; 10 lines in, 40 queued for delivery, 0 skipped, 3 connections accepted in the last 300s"
+            "stats: 3 chatting, 1 waiting, 2 rooms; 10 lines in, 40 delivered, 0 skipped, 3 connections accepted in the last 300s"
         );
         assert_eq!(stats.deadline(), start + 2 * interval);
         assert_eq!(stats.poll(start + interval, &gauges(3), &counters), None);
 
         counters.lines_received += 5;
-        counters.lines_queued += 7;
+        counters.lines_delivered += 7;
         counters.lines_skipped += 1;
         let second = stats
             .poll(start + 2 * interval, &gauges(4), &counters)
             .unwrap();
         assert!(
             second.contains("4 chatting")
-                && second.contains("5 lines in, 7 queued for delivery, 1 skipped, 0 connections"),
+                && second.contains("5 lines in, 7 delivered, 1 skipped, 0 connections"),
             "{second}"
         );
     }

@@ -101,17 +101,13 @@ pub struct Connections {
     queued_bytes: usize,
     /// The most bytes any one connection has had queued.
     peak_queue: usize,
-    /// Line copies queued for clients since start (a line to ten people is
-    /// ten); lines skipped for a full queue are not in it.
-    lines_queued: u64,
+    /// Line copies the clients' sockets took whole since start (a line to
+    /// ten people is ten).
+    lines_delivered: u64,
     /// Lines not queued because the client's queue was full.
     lines_skipped: u64,
     /// Bytes the kernel took from us, on all connections, since start.
     bytes_written: u64,
-    /// The last multi-line chunk counted, and its line count: a room's turn
-    /// goes to every member as the same chunk, so it is counted once, not
-    /// once per member. Holding the `Bytes` keeps the identity check exact.
-    counted_chunk: Option<(Bytes, u64)>,
     /// Connections with skips not yet looked at for a warning.
     skip_list: Vec<usize>,
 }
@@ -129,10 +125,9 @@ impl Connections {
             write_budget,
             queued_bytes: 0,
             peak_queue: 0,
-            lines_queued: 0,
+            lines_delivered: 0,
             lines_skipped: 0,
             bytes_written: 0,
-            counted_chunk: None,
             skip_list: Vec::new(),
         }
     }
@@ -147,14 +142,8 @@ impl Connections {
         }
     }
 
-    /// Drops the chunk kept for counting, so it pins no block while the
-    /// loop sleeps.
-    pub fn forget_counted_chunk(&mut self) {
-        self.counted_chunk = None;
-    }
-
-    pub fn lines_queued(&self) -> u64 {
-        self.lines_queued
+    pub fn lines_delivered(&self) -> u64 {
+        self.lines_delivered
     }
 
     pub fn lines_skipped(&self) -> u64 {
@@ -288,9 +277,12 @@ impl Connections {
             return Some(Ok(Flushed::OverBudget));
         }
         let before = conn.out.pending();
-        let result = conn
-            .out
-            .write_within(&mut conn.stream, written, self.write_budget);
+        let result = conn.out.write_within(
+            &mut conn.stream,
+            written,
+            &mut self.lines_delivered,
+            self.write_budget,
+        );
         let sent = before - conn.out.pending();
         self.queued_bytes -= sent;
         self.bytes_written += sent as u64;
@@ -342,15 +334,10 @@ impl Connections {
         conn.out.discard()
     }
 
-    /// Queues `data`, holding `lines` lines, on one connection, honouring
-    /// its cap, and keeps the byte and line accounting.
-    fn enqueue(
-        &mut self,
-        key: usize,
-        data: Bytes,
-        lines: u64,
-        receipt: Option<ReceiptTag>,
-    ) -> Sent {
+    /// Queues `data` on one connection, honouring its cap, and keeps the
+    /// byte accounting. Whatever is refused is one line (a chunk of several
+    /// is split first when it does not fit).
+    fn enqueue(&mut self, key: usize, data: Bytes, receipt: Option<ReceiptTag>) -> Sent {
         let Some(conn) = self.slab.get_mut(key) else {
             return Sent::Skipped;
         };
@@ -360,13 +347,12 @@ impl Connections {
         let was_empty = conn.out.is_empty();
         let len = data.len();
         if !conn.out.push(data, receipt, self.ignore_cap) {
-            self.lines_skipped += lines;
+            self.lines_skipped += 1;
             if conn.skip_warnings.skipped() {
                 self.skip_list.push(key);
             }
             return Sent::Skipped;
         }
-        self.lines_queued += lines;
         conn.session.output_queued(was_empty, self.now);
         self.queued_bytes += len;
         self.peak_queue = self.peak_queue.max(conn.out.pending());
@@ -376,19 +362,7 @@ impl Connections {
 
     /// Queues raw bytes that are not a chat line (telnet replies).
     pub fn send_raw(&mut self, key: usize, data: Bytes) {
-        self.enqueue(key, data, 0, None);
-    }
-
-    /// Lines in a chunk about to be queued, counted once per distinct chunk.
-    fn count_lines(&mut self, chunk: &Bytes) -> u64 {
-        if let Some((counted, lines)) = &self.counted_chunk {
-            if counted.as_ptr() == chunk.as_ptr() && counted.len() == chunk.len() {
-                return *lines;
-            }
-        }
-        let lines = chunk.iter().filter(|&&byte| byte == b'\n').count() as u64;
-        self.counted_chunk = Some((chunk.clone(), lines));
-        lines
+        self.enqueue(key, data, None);
     }
 
     /// Ends a connection now: it is closed at the end of this turn.
@@ -417,7 +391,7 @@ impl Connections {
 
 impl Outbox for Connections {
     fn send(&mut self, to: ClientId, line: Bytes, receipt: Option<ReceiptTag>) -> Sent {
-        self.enqueue(to.0, line, 1, receipt)
+        self.enqueue(to.0, line, receipt)
     }
 
     fn send_lines(&mut self, to: ClientId, lines: Bytes) {
@@ -426,8 +400,7 @@ impl Outbox for Connections {
             .get(to.0)
             .is_some_and(|conn| self.ignore_cap || conn.out.has_room_for(lines.len()));
         if fits {
-            let count = self.count_lines(&lines);
-            self.enqueue(to.0, lines, count, None);
+            self.enqueue(to.0, lines, None);
             return;
         }
         // Too much for what is left under the cap: as many whole lines as
@@ -444,7 +417,7 @@ impl Outbox for Connections {
             } else {
                 line
             };
-            self.enqueue(to.0, line, 1, None);
+            self.enqueue(to.0, line, None);
         }
     }
 

@@ -111,15 +111,18 @@ impl OutQueue {
         sink: &mut impl Write,
         written: &mut Vec<ReceiptTag>,
     ) -> io::Result<Flushed> {
-        self.write_within(sink, written, usize::MAX)
+        self.write_within(sink, written, &mut 0, usize::MAX)
     }
 
     /// As `write_to`, but stops once `budget` bytes have been written (the
-    /// write that passes it is not cut short).
+    /// write that passes it is not cut short), and adds the line ends that
+    /// went out to `line_ends`: every server line ends in one, and none has
+    /// another inside, so that counts the lines the socket took whole.
     pub fn write_within(
         &mut self,
         sink: &mut impl Write,
         written: &mut Vec<ReceiptTag>,
+        line_ends: &mut u64,
         budget: usize,
     ) -> io::Result<Flushed> {
         let mut taken = 0usize;
@@ -138,7 +141,7 @@ impl OutQueue {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => {
                     taken = taken.saturating_add(n);
-                    self.advance(n, written);
+                    *line_ends += self.advance(n, written);
                 }
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Ok(Flushed::Blocked),
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
@@ -148,13 +151,19 @@ impl OutQueue {
         Ok(Flushed::Drained)
     }
 
-    fn advance(&mut self, mut count: usize, written: &mut Vec<ReceiptTag>) {
+    /// Drops `count` written bytes from the front; returns the line ends
+    /// among them.
+    fn advance(&mut self, mut count: usize, written: &mut Vec<ReceiptTag>) -> u64 {
         self.pending -= count;
+        let mut line_ends = 0;
         while count > 0 {
             let Some(front) = self.entries.front() else {
                 break;
             };
             let remaining = front.data.len() - self.front_written;
+            let taken = count.min(remaining);
+            let piece = &front.data[self.front_written..self.front_written + taken];
+            line_ends += piece.iter().filter(|&&byte| byte == b'\n').count() as u64;
             if count < remaining {
                 self.front_written += count;
                 break;
@@ -168,6 +177,7 @@ impl OutQueue {
         if self.entries.is_empty() {
             self.entries = VecDeque::new();
         }
+        line_ends
     }
 
     /// Empties the queue, returning the receipts of lines that will now never
@@ -324,11 +334,14 @@ mod tests {
         let mut written = Vec::new();
         // One write carries MAX_SLICES_PER_WRITE lines of 8 bytes.
         let per_write = MAX_SLICES_PER_WRITE * 8;
-        let flushed = queue.write_within(&mut sink, &mut written, per_write + 1);
+        let mut line_ends = 0;
+        let flushed = queue.write_within(&mut sink, &mut written, &mut line_ends, per_write + 1);
         assert_eq!(flushed.unwrap(), Flushed::OverBudget);
         assert_eq!(sink.taken.len(), 2 * per_write);
-        let flushed = queue.write_within(&mut sink, &mut written, usize::MAX);
+        assert_eq!(line_ends, 2 * MAX_SLICES_PER_WRITE as u64);
+        let flushed = queue.write_within(&mut sink, &mut written, &mut line_ends, usize::MAX);
         assert_eq!(flushed.unwrap(), Flushed::Drained);
+        assert_eq!(line_ends, MAX_SLICES_PER_WRITE as u64 * 4);
         assert_eq!(sink.taken.len(), total);
         assert!(sink.taken.starts_with(b"000000\r\n000001\r\n"));
         assert!(sink

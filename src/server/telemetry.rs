@@ -92,7 +92,7 @@ impl Server {
             connections_refused: self.telemetry.refused,
             disconnects: self.telemetry.disconnects,
             lines_received: self.telemetry.lines_received,
-            lines_queued: self.conns.lines_queued(),
+            lines_delivered: self.conns.lines_delivered(),
             lines_skipped: self.conns.lines_skipped(),
             direct_messages: self.chat.direct_messages(),
             bytes_written: self.conns.bytes_written(),
@@ -169,7 +169,6 @@ impl Server {
     /// systemd status when they are due.
     pub(super) fn finish_turn(&mut self, started: Instant) {
         let now = Instant::now();
-        self.conns.forget_counted_chunk();
         if self.telemetry.stats_line.is_some() {
             let (gauges, counters) = (self.gauges(), self.counters());
             if let Some(line) = self
