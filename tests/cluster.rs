@@ -253,3 +253,37 @@ fn a_direct_message_is_not_overtaken_by_the_senders_next_line() {
     assert_eq!(answer(&mut bob), "ann: second");
     assert_eq!(answer(&mut ann), "* delivered to bob");
 }
+
+#[test]
+fn the_announce_limit_counts_the_members_of_every_server() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let url: RedisUrl = redis.url(0).parse().expect("test URL");
+    let servers: Vec<TestServer> = (0..2)
+        .map(|_| {
+            TestServer::start_with(|config| {
+                config.redis = Some(url.clone());
+                config.announce_limit = 2;
+            })
+        })
+        .collect();
+    let mut ann = member(&servers[0], "ann");
+    let mut bob = member(&servers[1], "bob");
+    enter(&mut ann, "ann", "#cap", &mut []);
+    // Two members, one per server: still announced.
+    enter(&mut bob, "bob", "#cap", &mut [&mut ann]);
+    // A third, on ann's server, makes three across the cluster: bob hears
+    // no join notice, only what the newcomer says.
+    let mut cy = member(&servers[0], "cy");
+    cy.send("/join #cap");
+    assert_eq!(answer(&mut cy), "* you joined #cap (3 here)");
+    cy.send("hello");
+    // (ann's own join notice may still come: A published it once its
+    // subscription was confirmed.)
+    let before = bob.read_until("cy: hello");
+    assert!(
+        !before.iter().any(|line| line.contains("cy joined")),
+        "{before:?}"
+    );
+}

@@ -413,13 +413,17 @@ impl Cluster {
         }
         let due: Vec<String> = self.presence_due.drain().collect();
         for room in due {
-            let members = self.local.get(&room).map_or(0, HashSet::len) as u64;
-            let header = self.header();
-            let name = room.clone();
-            let message = Message::Presence(Presence { room, members });
-            let payload = Envelope { header, message }.to_bytes();
-            self.publish_to_room(&name, payload, Vec::new());
+            self.publish_room_presence(room);
         }
+    }
+
+    fn publish_room_presence(&mut self, room: String) {
+        let members = self.local.get(&room).map_or(0, HashSet::len) as u64;
+        let header = self.header();
+        let name = room.clone();
+        let message = Message::Presence(Presence { room, members });
+        let payload = Envelope { header, message }.to_bytes();
+        self.publish_to_room(&name, payload, Vec::new());
     }
 
     /// A message from the subscriber link.
@@ -870,6 +874,11 @@ impl Peers for Cluster {
                 range: range.clone(),
             })
             .collect();
+        // A changed count goes first: the join notice in this batch then
+        // finds the other servers already counting the newcomer.
+        if self.presence_due.remove(room) {
+            self.publish_room_presence(room.to_string());
+        }
         let header = self.header();
         let mut payload = bytes::BytesMut::with_capacity(16 + lines.len());
         encode_room_batch_header(&mut payload, header, line_count, &wire);
