@@ -144,6 +144,11 @@ fn who_and_rooms_list_the_members_of_every_server() {
     assert_eq!(answer(&mut ann), "* in #both: ann, bob");
     bob.send("/who");
     assert_eq!(answer(&mut bob), "* in #both: ann, bob");
+    ann.send("/nick Ann2");
+    assert_eq!(answer(&mut ann), "* you are now Ann2");
+    bob.read_until("* ann is now known as Ann2");
+    bob.send("/who");
+    assert_eq!(answer(&mut bob), "* in #both: Ann2, bob");
     bob.send("/rooms");
     let rooms = answer(&mut bob);
     assert!(rooms.starts_with("* rooms: #both (2), #lobby ("), "{rooms}");

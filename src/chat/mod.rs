@@ -469,7 +469,7 @@ impl<P: Peers> Chat<P> {
                     // The names are free for the other servers' users.
                     self.peers.release_nick(&chatter.nick.to_ascii_lowercase());
                     let room = self.rooms.get(chatter.room).name.as_str();
-                    self.peers.member_left(room, &chatter.nick, 0);
+                    self.peers.member_left(room, &chatter.nick);
                     let nick = chatter.nick;
                     self.events.push(ChatEvent::Left { id, nick });
                 }
@@ -909,11 +909,7 @@ impl<P: Peers> Chat<P> {
         self.rooms
             .leave(room, id, member_order(&self.clients, id, nick));
         if let Some(name) = name {
-            let local = self
-                .rooms
-                .find(&name)
-                .map_or(0, |id| self.rooms.get(id).members.len());
-            self.peers.member_left(&name, nick, local);
+            self.peers.member_left(&name, nick);
         }
     }
 
@@ -932,8 +928,7 @@ impl<P: Peers> Chat<P> {
         let room = self
             .rooms
             .join(name, id, member_order(&self.clients, id, nick));
-        let local = self.rooms.get(room).members.len();
-        self.peers.member_joined(name, nick, local);
+        self.peers.member_joined(name, nick);
         room
     }
 
@@ -1109,10 +1104,8 @@ impl<P: Peers> Chat<P> {
                     self.peers.release_nick(&old.to_ascii_lowercase());
                 }
                 if old != new && self.peers.spans_servers() {
-                    let name = self.rooms.get(room).name.clone();
-                    let local = self.rooms.get(room).members.len();
-                    self.peers.member_left(&name, &old, local);
-                    self.peers.member_joined(&name, new, local);
+                    let name = self.rooms.get(room).name.as_str();
+                    self.peers.member_renamed(name, &old, new);
                 }
                 self.deliver(
                     out,

@@ -67,10 +67,11 @@ pub trait Peers {
         line_count: u64,
         receipts: &[(ReceiptTag, Range<usize>)],
     );
-    /// A member (by display nick) joined or left `room`; `local` is how many
-    /// members the room now has here.
-    fn member_joined(&mut self, room: &str, nick: &str, local: usize);
-    fn member_left(&mut self, room: &str, nick: &str, local: usize);
+    /// A member here (by display nick) joined, left, or was renamed in
+    /// `room`.
+    fn member_joined(&mut self, room: &str, nick: &str);
+    fn member_left(&mut self, room: &str, nick: &str);
+    fn member_renamed(&mut self, room: &str, old: &str, new: &str);
     /// Members of `room` on the other servers, as last heard.
     fn remote_members(&self, room: &str) -> usize;
     /// Asks for the member names of `room` on every server; `false` when
@@ -106,8 +107,9 @@ impl Peers for Alone {
         _receipts: &[(ReceiptTag, Range<usize>)],
     ) {
     }
-    fn member_joined(&mut self, _room: &str, _nick: &str, _local: usize) {}
-    fn member_left(&mut self, _room: &str, _nick: &str, _local: usize) {}
+    fn member_joined(&mut self, _room: &str, _nick: &str) {}
+    fn member_left(&mut self, _room: &str, _nick: &str) {}
+    fn member_renamed(&mut self, _room: &str, _old: &str, _new: &str) {}
     fn remote_members(&self, _room: &str) -> usize {
         0
     }
@@ -164,8 +166,9 @@ mod tests {
             let lines = String::from_utf8_lossy(lines).into_owned();
             self.batches.push((room.to_string(), lines, receipts.len()));
         }
-        fn member_joined(&mut self, _room: &str, _nick: &str, _local: usize) {}
-        fn member_left(&mut self, _room: &str, _nick: &str, _local: usize) {}
+        fn member_joined(&mut self, _room: &str, _nick: &str) {}
+        fn member_left(&mut self, _room: &str, _nick: &str) {}
+        fn member_renamed(&mut self, _room: &str, _old: &str, _new: &str) {}
         fn remote_members(&self, _room: &str) -> usize {
             self.remote
         }

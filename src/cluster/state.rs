@@ -886,7 +886,7 @@ impl Peers for Cluster {
         self.publish_to_room(room, payload.freeze(), tags);
     }
 
-    fn member_joined(&mut self, room: &str, nick: &str, _local: usize) {
+    fn member_joined(&mut self, room: &str, nick: &str) {
         let names = self.local.entry(room.to_string()).or_default();
         let first = names.is_empty();
         names.insert(nick.to_string());
@@ -901,7 +901,21 @@ impl Peers for Cluster {
         self.count_room(room);
     }
 
-    fn member_left(&mut self, room: &str, nick: &str, _local: usize) {
+    fn member_renamed(&mut self, room: &str, old: &str, new: &str) {
+        if let Some(names) = self.local.get_mut(room) {
+            names.remove(old);
+            names.insert(new.to_string());
+        }
+        if !self.link_up {
+            return;
+        }
+        let key = self.keys.members(room);
+        let old = Bytes::copy_from_slice(old.as_bytes());
+        self.request(Purpose::Fire, vec!["HDEL".into(), key, old]);
+        self.register_member(room, new);
+    }
+
+    fn member_left(&mut self, room: &str, nick: &str) {
         let Some(names) = self.local.get_mut(room) else {
             return;
         };
@@ -995,14 +1009,19 @@ impl<P: Peers> Peers for Option<P> {
             p.room_batch(room, lines, line_count, receipts);
         }
     }
-    fn member_joined(&mut self, room: &str, nick: &str, local: usize) {
+    fn member_joined(&mut self, room: &str, nick: &str) {
         if let Some(p) = self {
-            p.member_joined(room, nick, local);
+            p.member_joined(room, nick);
         }
     }
-    fn member_left(&mut self, room: &str, nick: &str, local: usize) {
+    fn member_left(&mut self, room: &str, nick: &str) {
         if let Some(p) = self {
-            p.member_left(room, nick, local);
+            p.member_left(room, nick);
+        }
+    }
+    fn member_renamed(&mut self, room: &str, old: &str, new: &str) {
+        if let Some(p) = self {
+            p.member_renamed(room, old, new);
         }
     }
     fn remote_members(&self, room: &str) -> usize {
@@ -1274,7 +1293,7 @@ mod tests {
     fn presence_counts_other_servers_members_and_answers_newcomers() {
         let mut world = World::new();
         let mut node = world.node(1);
-        node.member_joined("#r", "ann", 1);
+        node.member_joined("#r", "ann");
         world.exchange(&mut node);
         let channel = node.keys().room_channel("#r");
         node.on_subscribed(&channel);

@@ -484,6 +484,26 @@ mod tests {
         assert_eq!(next, Input::Paused);
     }
 
+    #[test]
+    fn a_held_session_keeps_its_lines_until_released() {
+        let rules = rules();
+        let now = Instant::now();
+        let mut session = Session::new(&rules, now);
+        session.received(b"/nick ada\nhello\n", now);
+        assert_eq!(
+            next_input_now(&mut session, &rules, now),
+            Input::Event(line("/nick ada"))
+        );
+        // The chat waits for the other servers' answer.
+        session.hold(true);
+        assert!(!session.wants_input());
+        assert_eq!(next_input_now(&mut session, &rules, now), Input::Paused);
+        session.hold(false);
+        let (events, next) = drain(&mut session, &rules, now);
+        assert_eq!(events, [line("hello")]);
+        assert_eq!(next, Input::NeedMore);
+    }
+
     fn next_input_now(session: &mut Session, rules: &Rules, now: Instant) -> Input {
         session.next_input(rules, now)
     }
