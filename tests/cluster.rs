@@ -292,3 +292,20 @@ fn the_announce_limit_counts_the_members_of_every_server() {
         "{before:?}"
     );
 }
+
+#[test]
+fn servers_log_in_to_a_redis_that_wants_a_password() {
+    let Some(redis) = RedisServer::start_with(Some("s3cret"), &[]) else {
+        return;
+    };
+    let url: RedisUrl = redis.url(2).parse().expect("test URL");
+    let servers: Vec<TestServer> = (0..2)
+        .map(|_| TestServer::start_with(|config| config.redis = Some(url.clone())))
+        .collect();
+    let mut ann = member(&servers[0], "ann");
+    let mut bob = member(&servers[1], "bob");
+    enter(&mut ann, "ann", "#auth", &mut []);
+    enter(&mut bob, "bob", "#auth", &mut [&mut ann]);
+    bob.send("through AUTH and SELECT");
+    assert_eq!(answer(&mut ann), "bob: through AUTH and SELECT");
+}

@@ -18,57 +18,46 @@
 //!   messages, reports, presence), with per-stream sequence numbers.
 //! - [`reconnect`]: backoff between attempts and the warning throttle.
 //! - [`keys`]: key and channel names, and the Lua scripts.
-//! - [`state`]: the `Cluster` state machine, begun: registration (alive
-//!   key), nickname claims, guest-number blocks.
+//! - [`state`]: the `Cluster` state machine: registration (alive key),
+//!   nickname claims, guest-number blocks, room subscriptions and presence,
+//!   fan-out and receipt reports, direct messages, `/who` and `/rooms`
+//!   queries. It implements the chat's [`Peers`](crate::chat::Peers).
 //!
-//! # The plan for wiring it in
+//! # How it is wired in
 //!
-//! **The `Cluster` state machine** (in [`state`], growing) sits beside
-//! `Chat`. Events in: replies to its requests (`on_reply(id, reply)` /
-//! `on_unanswered(id)`), messages from the subscriber (`on_message(channel,
-//! payload)`, decoded with [`wire::Envelope::decode`]), `link_up(now)` /
-//! `link_down()`, `tick(now)`. Out: [`state::Request`]s for the command
-//! link (`poll_request`), subscription changes for the subscriber link, and
-//! [`state::ClusterEvent`]s for the chat (`poll_event`): claim answers,
-//! remote batches to hand to local members, direct messages, reports,
-//! presence changes, lost servers' leaves, loss counts.
+//! The chat is `Chat<Option<Cluster>>` in the server: `None` (no `--redis`)
+//! is alone, answering at once. The reactor's side is
+//! `server/cluster_io.rs` (the two sockets, tokens 4 and 5, connect,
+//! handshake, reconnect with [`reconnect::Backoff`]) and
+//! `server/cluster_turn.rs` (each loop turn: `tick`, pump the links, hand
+//! [`state::ClusterEvent`]s to the chat's `on_*` methods, report settled
+//! relays back). It pumps after the chat's `end_turn`, and again at the
+//! end of the turn so that what the turn produced goes out at once.
 //!
-//! **The chat's side** is a trait the chat core defines for reaching its
-//! peers, shaped roughly as:
+//! **Events in**: `on_reply` / `on_unanswered` (command link),
+//! `on_message` and `on_subscribed` (subscriber link), `link_up(now)` /
+//! `link_down()`, `tick(now)` (deadlines of what clients wait for, 5 s).
+//! **Out**: [`state::Request`]s (`poll_request`), [`state::Subscription`]
+//! changes (`poll_subscription`), [`state::ClusterEvent`]s (`poll_event`).
 //!
-//! ```text
-//! trait Peers {
-//!     fn claim_nick(&mut self, ticket: u64, folded: &str) -> Claim; // Granted now | Pending
-//!     fn release_nick(&mut self, folded: &str);
-//!     fn guest_number(&mut self) -> Option<u64>;
-//!     fn room_batch(&mut self, room: &str, lines: &[u8], line_count: u64,
-//!                   receipts: &[WireReceipt]);   // once per room per turn
-//!     fn direct(&mut self, ticket: u64, target: &str, line: &[u8]) -> Route; // Local | Remote | Unknown
-//!     fn members_changed(&mut self, room: &str, local_members: u64);
-//!     fn remote_members(&self, room: &str) -> u64; // for (K here), /rooms, --announce-limit
-//! }
-//! ```
-//!
-//! Alone (no `--redis`), the implementation grants every claim at once,
-//! counts guests locally and drops publications, so single-server
-//! behaviour and speed do not change. With Redis, it is the `Cluster`.
-//!
-//! **Fan-out**: at the end of a loop turn the chat's room batches (one
-//! shared buffer per room, as today) go out as one `PUBLISH` per room:
-//! [`wire::encode_room_batch_header`] then the batch buffer, passed as two
-//! parts to [`link::CommandLink::push_publish`] (one copy, into the link's
-//! queue). Receivers skip their own origin, check the stream's sequence
-//! number (a gap is the exact number of lines lost), and queue
-//! `RoomBatch::lines` (a slice of the received payload) to every local
-//! member of the room. `PUBLISH`'s reply, the number of subscribed servers
-//! (ours included), tells how many receipt reports to wait for.
+//! **Fan-out**: at the end of a loop turn each room's batch goes out as
+//! one `PUBLISH P:room:NAME` ([`wire::encode_room_batch_header`] then the
+//! batch buffer). A room's publications are held back until Redis confirms
+//! this server's subscription of it, and a changed member count
+//! ([`wire::Presence`]) goes before the batch that announces the change.
+//! Receivers skip their own origin and queue `RoomBatch::lines` (a slice of
+//! the received payload) to every local member. `PUBLISH`'s reply, the
+//! number of subscribed servers (ours included), tells how many receipt
+//! reports to wait for. Sequence numbers are sent but not yet checked.
 //!
 //! **Keys and channels** (prefix `P` = `--cluster-name`, see [`keys`]):
 //! `P:room:ROOM` channel (subscribed while this server has members there);
 //! `P:node:ID` channel (direct messages, delivery and receipt reports,
 //! hello/shutdown); `P:nick:FOLDED` → owner node (claimed and released by
 //! the scripts in [`keys`], which also keep `P:nicks:ID`, the node's
-//! names); `P:guest` counter (blocks by `INCRBY`); `P:members:ROOM` hash;
+//! names); `P:guest` counter (blocks by `INCRBY`); `P:members:ROOM` hash
+//! (display nick → node, for `/who`); `P:rooms` hash (`ROOM|NODE` → that
+//! node's member count, for `/rooms`);
 //! `P:alive:ID` with a TTL of `--node-timeout`, refreshed every third of
 //! it; `P:nodes` set; `P:reap:ID` lock (`SET NX PX`) taken by the one server
 //! that removes a lost node's members and names in one script.
@@ -78,7 +67,13 @@
 //! [`reconnect::WarnThrottle`] pace reconnection; on `link_up` the node
 //! re-claims its names (the claim script is idempotent for the holder) and
 //! re-registers memberships; sequence gaps report loss; a subscriber the
-//! server dropped shows up as a closed socket, then a gap.
+//! server dropped shows up as a closed socket, then a gap. What is done
+//! already: reconnect with backoff and one warning per 10 s; on `link_up`
+//! the rooms are resubscribed and memberships and room counts
+//! re-registered (names not yet); an orderly shutdown releases the names
+//! and memberships it holds. Not yet: re-claiming names, the `P:reap` of a
+//! lost node, leave notices for another server's users, loss counting, the
+//! 5 s deadline of a receipt or delivery report that never comes.
 
 #[cfg(test)]
 mod fake_redis;
