@@ -56,9 +56,10 @@ const PENDING_DO_BINARY: u8 = 1;
 
 #[derive(Debug)]
 pub(super) struct Negotiation {
-    /// Options refused so far, one bit per option byte.
-    refused_do: [u64; 4],
-    refused_will: [u64; 4],
+    /// Options refused so far, one bit per option byte. Boxed on the first
+    /// refusal: most clients (nc, and telnet on a port other than 23)
+    /// never offer an option, and every idle connection carries this.
+    refused: Option<Box<Refused>>,
     ours: Side,
     theirs: Side,
     pending: u8,
@@ -67,8 +68,7 @@ pub(super) struct Negotiation {
 impl Negotiation {
     pub(super) fn new() -> Self {
         Negotiation {
-            refused_do: [0; 4],
-            refused_will: [0; 4],
+            refused: None,
             ours: Side::Off,
             theirs: Side::Off,
             pending: 0,
@@ -106,13 +106,26 @@ impl Negotiation {
             (DONT, BINARY) => self.ours.disable().then_some(WONT),
             (WILL, BINARY) => self.theirs.enable().then_some(DO),
             (WONT, BINARY) => self.theirs.disable().then_some(DONT),
-            (DO, _) => refuse_once(&mut self.refused_do, option).then_some(WONT),
-            (WILL, _) => refuse_once(&mut self.refused_will, option).then_some(DONT),
+            (DO, _) => refuse_once(&mut self.refused().asked_us, option).then_some(WONT),
+            (WILL, _) => refuse_once(&mut self.refused().offered, option).then_some(DONT),
             // WONT and DONT of options we never have on need no answer.
             _ => None,
         };
         reply.map(|reply| [IAC, reply, option])
     }
+
+    fn refused(&mut self) -> &mut Refused {
+        self.refused.get_or_insert_default()
+    }
+}
+
+/// The options refused once already, per direction.
+#[derive(Debug, Default)]
+struct Refused {
+    /// Options the client asked us to use (its DO).
+    asked_us: [u64; 4],
+    /// Options the client offered to use (its WILL).
+    offered: [u64; 4],
 }
 
 /// Marks `option` refused; true if it was not refused before.

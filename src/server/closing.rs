@@ -45,7 +45,7 @@ impl Server {
             for tag in self.conns.discard_output(key) {
                 self.chat.on_dropped(&mut self.conns, tag);
             }
-            let Some(mut conn) = self.conns.remove(key) else {
+            let Some((mut conn, nick)) = self.conns.remove(key) else {
                 continue;
             };
             let _ = self.poll.registry().deregister(&mut conn.stream);
@@ -62,7 +62,7 @@ impl Server {
                 .session
                 .cause()
                 .map_or_else(|| "closed".to_string(), CloseCause::describe);
-            match &conn.nick {
+            match nick {
                 Some(nick) => info!(
                     "client {key} from {} ({nick}) disconnected: {cause}",
                     conn.peer

@@ -51,12 +51,23 @@ impl Bucket {
             return Ok(());
         };
         let full_at = self.full_at.max(now) + interval;
-        let earliest = full_at - limit.tolerance;
-        if earliest > now {
-            return Err(earliest);
+        // A burst longer than the clock has run (`--burst` in the billions)
+        // has no earliest instant: the token is there.
+        if let Some(earliest) = full_at.checked_sub(limit.tolerance) {
+            if earliest > now {
+                return Err(earliest);
+            }
         }
         self.full_at = full_at;
         Ok(())
+    }
+
+    /// When the next token comes, as `take` said when it refused one: the
+    /// bucket is not changed by a refusal, so this needs no field of its
+    /// own. `None` when the rate is unlimited or a token is there at any
+    /// instant.
+    pub fn next_token_at(&self, limit: &RateLimit) -> Option<Instant> {
+        (self.full_at + limit.interval?).checked_sub(limit.tolerance)
     }
 }
 
@@ -117,5 +128,32 @@ mod tests {
         for _ in 0..10_000 {
             assert_eq!(bucket.take(&limit, now), Ok(()));
         }
+    }
+
+    #[test]
+    fn the_next_token_is_where_a_refusal_said() {
+        let limit = RateLimit::new(10, 2);
+        let start = Instant::now();
+        let mut bucket = Bucket::new(start);
+        assert_eq!(bucket.take(&limit, start), Ok(()));
+        assert_eq!(bucket.take(&limit, start), Ok(()));
+        let resume = bucket.take(&limit, start).unwrap_err();
+        assert_eq!(bucket.next_token_at(&limit), Some(resume));
+        assert_eq!(RateLimit::new(0, 0).interval, None);
+        assert_eq!(
+            Bucket::new(start).next_token_at(&RateLimit::new(0, 0)),
+            None
+        );
+    }
+
+    #[test]
+    fn a_burst_longer_than_the_clock_has_run_never_panics() {
+        let limit = RateLimit::new(1, u32::MAX);
+        let start = Instant::now();
+        let mut bucket = Bucket::new(start);
+        for _ in 0..1000 {
+            assert_eq!(bucket.take(&limit, start), Ok(()));
+        }
+        let _ = bucket.next_token_at(&limit);
     }
 }

@@ -95,8 +95,9 @@ pub enum Expired {
 pub struct Session {
     decoder: LineDecoder,
     bucket: Bucket,
-    /// Input is not taken before this instant (rate limit).
-    paused_until: Option<Instant>,
+    /// The rate limit refused a token: input waits until the bucket's next
+    /// token (`Bucket::next_token_at`).
+    paused: bool,
     last_input: Instant,
     /// While output is pending: when it last moved (was queued into an
     /// empty queue, the socket took bytes of it, or the kernel's send queue
@@ -105,7 +106,7 @@ pub struct Session {
     /// The kernel's send queue at the last look since output last moved in
     /// user space; a later look that finds it smaller proves the peer reads.
     /// `None` until looked at: a write that took bytes grew it.
-    kernel_queue: Option<usize>,
+    kernel_queue: Option<u32>,
     phase: Phase,
     cause: Option<CloseCause>,
     /// The chat waits for the other servers' answer to this client's last
@@ -120,7 +121,7 @@ impl Session {
         Session {
             decoder: LineDecoder::new(rules.max_line),
             bucket: Bucket::new(now),
-            paused_until: None,
+            paused: false,
             last_input: now,
             output_moved: None,
             kernel_queue: None,
@@ -153,7 +154,7 @@ impl Session {
 
     /// Whether reading the socket is useful now.
     pub fn wants_input(&self) -> bool {
-        self.phase == Phase::Open && self.paused_until.is_none() && !self.held
+        self.phase == Phase::Open && !self.paused && !self.held
     }
 
     /// Holds or releases input while the chat waits for other servers.
@@ -196,8 +197,8 @@ impl Session {
         // after decoding it: take a token on trial, give it back for
         // anything else.
         let bucket_before = self.bucket;
-        if let Err(resume_at) = self.bucket.take(&rules.rate, now) {
-            self.paused_until = Some(resume_at);
+        if self.bucket.take(&rules.rate, now).is_err() {
+            self.paused = true;
             return Input::Paused;
         }
         let decoded = self.decoder.next();
@@ -244,6 +245,8 @@ impl Session {
         if self.output_moved.is_none() {
             return;
         }
+        // A socket's queue is capped by its send buffer, an `int`.
+        let bytes = u32::try_from(bytes).unwrap_or(u32::MAX);
         if self.kernel_queue.is_some_and(|before| bytes < before) {
             self.output_moved = Some(now);
         }
@@ -273,7 +276,9 @@ impl Session {
                 .idle_timeout
                 .and_then(|timeout| self.last_input.checked_add(timeout));
             next = earliest(next, idle);
-            next = earliest(next, self.paused_until);
+            if self.paused {
+                next = earliest(next, self.bucket.next_token_at(&rules.rate));
+            }
         }
         next
     }
@@ -300,8 +305,13 @@ impl Session {
         if passed(idle) {
             return Some(Expired::Idle);
         }
-        if passed(self.paused_until) {
-            self.paused_until = None;
+        if self.paused
+            && self
+                .bucket
+                .next_token_at(&rules.rate)
+                .is_none_or(|at| at <= now)
+        {
+            self.paused = false;
             return Some(Expired::RateResumed);
         }
         None

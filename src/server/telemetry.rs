@@ -138,11 +138,7 @@ impl Server {
         for event in self.chat.take_events() {
             match event {
                 ChatEvent::Renamed { id, old, new } => info!("client {} {old} is now {new}", id.0),
-                ChatEvent::Left { id, nick } => {
-                    if let Some(conn) = self.conns.get_mut(id.0) {
-                        conn.nick = Some(nick);
-                    }
-                }
+                ChatEvent::Left { id, nick } => self.conns.note_departed(id.0, nick),
             }
         }
     }
@@ -154,7 +150,11 @@ impl Server {
             let Some(conn) = self.conns.get_mut(key) else {
                 continue;
             };
-            let Some(count) = conn.skip_warnings.take_due(now) else {
+            let Some(count) = conn
+                .skip_warnings
+                .as_mut()
+                .and_then(|warnings| warnings.take_due(now))
+            else {
                 continue;
             };
             let peer = conn.peer;

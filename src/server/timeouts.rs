@@ -28,6 +28,12 @@ impl Server {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
+        // The flush arms it once it knows what is left: armed now, output
+        // about to drain (a welcome, a reply) would leave a write-stall
+        // timer in the heap for every connection until it fires.
+        if conn.flush_pending() {
+            return;
+        }
         let Some(next) = conn.session.poll_timeout(&self.rules) else {
             return;
         };
