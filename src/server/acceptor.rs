@@ -52,18 +52,9 @@ pub struct Acceptor {
 impl Acceptor {
     /// Binds, widens the backlog and registers with the poller.
     pub fn bind(addr: SocketAddr, registry: &Registry, token: Token) -> io::Result<Acceptor> {
-        let mut listener = TcpListener::bind(addr)?;
+        let listener = TcpListener::bind(addr)?;
         widen_backlog(&listener);
-        let local_addr = listener.local_addr()?;
-        registry.register(&mut listener, token, Interest::READABLE)?;
-        Ok(Acceptor {
-            listener: Some(listener),
-            local_addr,
-            ready: true,
-            paused: false,
-            last_warning: None,
-            accepted: 0,
-        })
+        Self::register(listener, registry, token)
     }
 
     /// Takes a socket that is listening already (passed by systemd), as
@@ -74,7 +65,14 @@ impl Acceptor {
         token: Token,
     ) -> io::Result<Acceptor> {
         listener.set_nonblocking(true)?;
-        let mut listener = TcpListener::from_std(listener);
+        Self::register(TcpListener::from_std(listener), registry, token)
+    }
+
+    fn register(
+        mut listener: TcpListener,
+        registry: &Registry,
+        token: Token,
+    ) -> io::Result<Acceptor> {
         let local_addr = listener.local_addr()?;
         registry.register(&mut listener, token, Interest::READABLE)?;
         Ok(Acceptor {
