@@ -208,6 +208,11 @@ pub struct Report {
     pub lines_sent: u64,
     pub deliveries_expected: u64,
     pub deliveries: u64,
+    /// Measured lines the senders themselves received: on Apollonion a
+    /// sender is a member of the room too, so with several senders the
+    /// server also writes every line to the other senders. Counted, not
+    /// checked for order; not part of `deliveries`.
+    pub overheard: u64,
     /// From the first measured send to the last delivery.
     pub elapsed: Duration,
     /// Opening every connection and getting every welcome/subscription.
@@ -222,6 +227,12 @@ impl Report {
 
     pub fn lines_per_sec(&self) -> f64 {
         self.deliveries as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// Every measured line the server wrote to a client, the senders'
+    /// copies included.
+    pub fn all_lines_per_sec(&self) -> f64 {
+        (self.deliveries + self.overheard) as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
 
     /// Payload bytes delivered per second, in MB (10^6 bytes).
@@ -502,6 +513,7 @@ impl Session {
             lines_sent,
             deliveries_expected: lines_sent * cfg.receivers as u64,
             deliveries: flow.deliveries,
+            overheard: flow.overheard,
             elapsed: Duration::from_nanos(elapsed_ns.max(1)),
             connect_time: self.connect_time,
             latency: flow.hist.summary(),
@@ -716,6 +728,8 @@ struct Flow {
     /// Measured deliveries.
     deliveries: u64,
     all_deliveries: u64,
+    /// Measured lines received by senders (see `Report::overheard`).
+    overheard: u64,
     ready: usize,
     total_conns: usize,
     last_progress: Instant,
@@ -785,6 +799,20 @@ impl Flow {
             self.hist.record(now_ns.saturating_sub(ts));
         }
         Ok(())
+    }
+
+    /// A sender received another sender's line: counted when measured.
+    fn overhear(&mut self, payload: &[u8]) {
+        let Some((s, seq, _)) = parse_payload(payload) else {
+            return;
+        };
+        if self
+            .senders
+            .get(s as usize)
+            .is_some_and(|sender| seq >= sender.measure_from)
+        {
+            self.overheard += 1;
+        }
     }
 
     #[cold]
@@ -956,6 +984,7 @@ impl Driver {
             last_done_ns: 0,
             deliveries: 0,
             all_deliveries: 0,
+            overheard: 0,
             ready: 0,
             total_conns: roles.len(),
             last_progress: Instant::now(),
@@ -1495,12 +1524,16 @@ fn consume_lines(
         Role::Receiver(r) if *ready => Some(r),
         _ => None,
     };
+    let sender = matches!(role, Role::Sender(_)) && *ready;
     let mut pos = 0;
     while pos < data.len() {
         let rest = &data[pos..];
-        if let Some(r) = receiver {
+        if receiver.is_some() || sender {
             if let Some((start, end)) = chat_line_fast(rest, flow.payload) {
-                flow.deliver(r, &rest[start..end], now_ns)?;
+                match receiver {
+                    Some(r) => flow.deliver(r, &rest[start..end], now_ns)?,
+                    None => flow.overhear(&rest[start..end]),
+                }
                 pos += end + 2;
                 continue;
             }

@@ -280,6 +280,13 @@ fn print_report(cfg: &LoadConfig, r: &Report) {
         r.lines_per_sec(),
         r.mb_per_sec()
     );
+    if r.overheard > 0 {
+        println!(
+            "  senders heard  {} lines (they are room members too): {:.0} lines/s written in all",
+            r.overheard,
+            r.all_lines_per_sec()
+        );
+    }
     println!(
         "  latency        p50 {:.1} us, p99 {:.1} us, max {:.1} us ({} samples)",
         micros(r.latency.p50),
@@ -329,7 +336,8 @@ fn report_json(r: &Report) -> String {
         concat!(
             "{{\"result\":\"{}\",\"target\":\"{}\",\"receivers\":{},\"senders\":{},",
             "\"payload\":{},\"window\":{},\"lines_sent\":{},\"deliveries_expected\":{},",
-            "\"deliveries\":{},\"elapsed_s\":{:.6},\"lines_per_sec\":{:.0},\"mb_per_sec\":{:.2},",
+            "\"deliveries\":{},\"overheard\":{},\"elapsed_s\":{:.6},\"lines_per_sec\":{:.0},",
+            "\"all_lines_per_sec\":{:.0},\"mb_per_sec\":{:.2},",
             "\"p50_us\":{:.1},\"p99_us\":{:.1},\"max_us\":{:.1},\"latency_samples\":{},",
             "\"connect_s\":{:.3}}}"
         ),
@@ -342,8 +350,10 @@ fn report_json(r: &Report) -> String {
         r.lines_sent,
         r.deliveries_expected,
         r.deliveries,
+        r.overheard,
         r.elapsed.as_secs_f64(),
         r.lines_per_sec(),
+        r.all_lines_per_sec(),
         r.mb_per_sec(),
         micros(r.latency.p50),
         micros(r.latency.p99),
