@@ -8,6 +8,7 @@
 
 mod batch;
 mod command;
+mod faults;
 mod names;
 mod peers;
 mod receipts;
@@ -22,6 +23,7 @@ use batch::Speakers;
 use bytes::Bytes;
 use command::Command;
 use names::{NickError, Nicknames};
+pub use faults::RemoteDeparture;
 pub use peers::{Alone, Claim, ClaimAnswer, Peers, Route, Ticket};
 pub use receipts::ReceiptTag;
 use receipts::{Finished, Origin, Receipts};

@@ -126,6 +126,9 @@ impl Server {
         // only the shutdown notice itself must get through regardless.
         self.chat.end_turn(&mut self.conns);
         self.conns.ignore_cap();
+        if let Some(cluster) = self.chat.peers_mut() {
+            cluster.shutting_down();
+        }
         self.chat.on_shutdown(&mut self.conns);
         // The chat closed every client it knew; the rest were closing
         // already and keep their own cause.
