@@ -19,7 +19,7 @@ use bytes::Bytes;
 use super::keys::{Keys, CLAIM_NICK, REAP_LOST, RELEASE_NICK};
 use super::link::Reply;
 use super::wire::{
-    encode_direct_header, encode_room_batch_header, Departed, DeliveryOutcome, DeliveryReport,
+    encode_direct_header, encode_room_batch_header, DeliveryOutcome, DeliveryReport, Departed,
     DepartureCause, Envelope, Header, Message, NodeEvent, NodeId, Presence, ReceiptReport,
     WireReceipt,
 };
@@ -36,7 +36,8 @@ pub const REAP_INTERVAL: Duration = Duration::from_secs(1);
 
 /// What the members of a room that spans servers are told when the link
 /// to the others is lost, and when it is back (SPEC §4).
-pub const CONTACT_LOST: &str = "lost contact with the other servers: only people on this server hear you";
+pub const CONTACT_LOST: &str =
+    "lost contact with the other servers: only people on this server hear you";
 pub const CONTACT_BACK: &str = "back in contact with the other servers";
 
 /// A change of the subscriber link's channels.
@@ -574,20 +575,30 @@ impl Cluster {
         self.streams.retain(|(origin, _), _| *origin != node);
     }
 
-    /// Orderly shutdown: the other servers announce this node's users'
-    /// leaves, and nobody needs to reap it.
-    pub fn shutting_down(&mut self) {
-        if !self.link_up {
-            return;
-        }
+    /// Orderly shutdown, first step (before the chat releases its names
+    /// and memberships): who is in which room here.
+    pub fn departures(&self) -> Vec<(String, Vec<String>)> {
         let mut rooms: Vec<(String, Vec<String>)> = self
             .local
             .iter()
-            .map(|(room, names)| (room.clone(), names.iter().cloned().collect()))
+            .map(|(room, names)| {
+                let mut names: Vec<String> = names.iter().cloned().collect();
+                names.sort_unstable();
+                (room.clone(), names)
+            })
             .collect();
         rooms.sort_unstable();
-        for (room, mut nicks) in rooms {
-            nicks.sort_unstable();
+        rooms
+    }
+
+    /// Orderly shutdown, last step (after the names were released, so that
+    /// whoever hears of the leaves can take the names): the other servers
+    /// announce this node's users' leaves, and nobody needs to reap it.
+    pub fn shutting_down(&mut self, departures: Vec<(String, Vec<String>)>) {
+        if !self.link_up {
+            return;
+        }
+        for (room, nicks) in departures {
             let header = self.room_header(&room, 0);
             let departed = Departed {
                 room: room.clone(),
@@ -857,8 +868,7 @@ impl Cluster {
                         self.remote.remove(&departed.room);
                     }
                 }
-                self.streams
-                    .remove(&(departed.node, departed.room.clone()));
+                self.streams.remove(&(departed.node, departed.room.clone()));
                 self.events.push_back(ClusterEvent::MembersLeft {
                     room: departed.room,
                     nicks: departed.nicks,
@@ -1121,7 +1131,8 @@ impl Cluster {
                         payload.extend_from_slice(&line);
                         if let Some(now) = self.now {
                             self.awaited_directs.insert(ticket);
-                            self.direct_deadlines.push_back((now + ANSWER_PATIENCE, ticket));
+                            self.direct_deadlines
+                                .push_back((now + ANSWER_PATIENCE, ticket));
                         }
                         let channel = self.keys.node_channel(node);
                         self.publish(channel, payload.freeze(), Purpose::DirectSent { ticket });
@@ -1367,7 +1378,8 @@ impl Peers for Cluster {
         if last {
             self.local.remove(room);
             self.room_seq.remove(room);
-            self.streams.retain(|(_, stream_room), _| stream_room != room);
+            self.streams
+                .retain(|(_, stream_room), _| stream_room != room);
         }
         self.presence_due.insert(room.to_string());
         if !self.link_up {

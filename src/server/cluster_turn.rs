@@ -99,7 +99,10 @@ impl Server {
                     DepartureCause::LostServer => RemoteDeparture::LostServer,
                     DepartureCause::ShuttingDown => RemoteDeparture::ServerShuttingDown,
                 };
-                info!("{} users of another server left {room}: {why:?}", nicks.len());
+                info!(
+                    "{} users of another server left {room}: {why:?}",
+                    nicks.len()
+                );
                 self.chat.on_remote_departure(out, &room, &nicks, why);
             }
             ClusterEvent::Contact { rooms, back } => {
