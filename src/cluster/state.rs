@@ -861,6 +861,13 @@ impl Cluster {
                     delivered: report.delivered,
                 });
             }
+            Message::Departed(departed) if departed.node == self.settings.node => {
+                // Reaped while only cut off (stopped, or slow): our users
+                // are still here, so they are put back.
+                if self.link_up {
+                    self.register_all();
+                }
+            }
             Message::Departed(departed) => {
                 if let Some(counts) = self.remote.get_mut(&departed.room) {
                     counts.remove(&departed.node);
