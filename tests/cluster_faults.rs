@@ -239,7 +239,7 @@ fn a_server_cut_off_past_the_node_timeout_rejoins_and_its_taken_name_is_renamed(
     let guest = notice.rsplit(' ').next().expect("a name").to_string();
     assert!(guest.starts_with("guest-"), "{notice}");
     bob.read_until(&format!("* ada is now known as {guest}"));
-    let mut names = vec![guest.clone(), "amy".to_string(), "bob".to_string()];
+    let mut names = [guest.clone(), "amy".to_string(), "bob".to_string()];
     names.sort();
     who_until(&mut bob, &format!("* in #r: {}", names.join(", ")));
     taker.send("/join #r");

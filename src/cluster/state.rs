@@ -1778,4 +1778,169 @@ mod tests {
         node.on_message(&channel, &envelope(2, presence(0)));
         assert_eq!(node.remote_members("#r"), 2);
     }
+
+    fn batch_at(origin: NodeId, seq: u64, lines: u64) -> Bytes {
+        let header = Header { origin, seq };
+        let message = Message::RoomBatch(super::super::wire::RoomBatch {
+            line_count: lines,
+            receipts: Vec::new(),
+            lines: Bytes::from("x: y\r\n".repeat(lines as usize)),
+        });
+        Envelope { header, message }.to_bytes()
+    }
+
+    #[test]
+    fn a_gap_in_a_room_stream_reports_exactly_the_lines_lost() {
+        let mut world = World::new();
+        let mut node = world.node(1);
+        node.member_joined("#r", "ann");
+        world.exchange(&mut node);
+        World::events(&mut node);
+        let channel = node.keys().room_channel("#r");
+        node.on_message(&channel, &batch_at(2, 10, 3));
+        node.on_message(&channel, &batch_at(2, 13, 2));
+        let lost = |events: Vec<ClusterEvent>| -> Vec<u64> {
+            events
+                .into_iter()
+                .filter_map(|e| match e {
+                    ClusterEvent::LinesLost { count, .. } => Some(count),
+                    _ => None,
+                })
+                .collect()
+        };
+        assert_eq!(lost(World::events(&mut node)), Vec::<u64>::new());
+        // Lines 15..22 never came.
+        node.on_message(&channel, &batch_at(2, 22, 1));
+        assert_eq!(lost(World::events(&mut node)), vec![7]);
+        assert_eq!(node.lines_lost(), 7);
+        // A stream that starts over (its server left the room and came
+        // back) is no loss.
+        node.on_message(&channel, &batch_at(2, 0, 1));
+        assert_eq!(lost(World::events(&mut node)), Vec::<u64>::new());
+    }
+
+    #[test]
+    fn our_room_streams_number_lines_not_publications() {
+        let mut world = World::new();
+        let mut node = world.node(1);
+        node.member_joined("#r", "ann");
+        world.exchange(&mut node);
+        node.on_subscribed(&node.keys().room_channel("#r"));
+        world.exchange(&mut node);
+        let lines = Bytes::from_static(b"ann: a\r\nann: b\r\nann: c\r\n");
+        Peers::room_batch(&mut node, "#r", &lines, 3, &[]);
+        Peers::room_batch(&mut node, "#r", &lines, 3, &[]);
+        let seqs: Vec<u64> = std::iter::from_fn(|| node.poll_request())
+            .filter(|r| r.args[0] == "PUBLISH")
+            .filter_map(|r| Envelope::decode(&r.args[2]).ok())
+            .filter(|e| matches!(e.message, Message::RoomBatch(_)))
+            .map(|e| e.header.seq)
+            .collect();
+        assert_eq!(seqs, vec![0, 3]);
+    }
+
+    #[test]
+    fn a_receipt_whose_server_never_reports_is_settled_after_five_seconds() {
+        let mut world = World::new();
+        let mut node = world.node(1);
+        node.member_joined("#r", "ann");
+        world.exchange(&mut node);
+        let channel = node.keys().room_channel("#r");
+        node.on_subscribed(&channel);
+        let presence = |members| {
+            let message = Message::Presence(Presence {
+                room: "#r".into(),
+                members,
+            });
+            let header = Header { origin: 2, seq: 0 };
+            Envelope { header, message }.to_bytes()
+        };
+        node.on_message(&channel, &presence(4));
+        World::events(&mut node);
+        let lines = Bytes::from_static(b"ann: hi\r\n");
+        Peers::room_batch(&mut node, "#r", &lines, 1, &[(ReceiptTag(9), 0..9)]);
+        let publish = std::iter::from_fn(|| node.poll_request())
+            .find(|r| {
+                r.args[0] == "PUBLISH"
+                    && Envelope::decode(&r.args[2])
+                        .is_ok_and(|e| matches!(e.message, Message::RoomBatch(_)))
+            })
+            .expect("published");
+        // Redis says two subscribers: us and server 2, which never reports.
+        node.on_reply(publish.id, Reply::Integer(2));
+        assert_eq!(
+            World::events(&mut node),
+            vec![ClusterEvent::ReceiptServers { tag: 9, servers: 1 }]
+        );
+        world.now += ANSWER_PATIENCE - Duration::from_millis(1);
+        node.tick(world.now);
+        assert_eq!(World::events(&mut node), vec![]);
+        world.now += Duration::from_millis(1);
+        node.tick(world.now);
+        assert_eq!(
+            World::events(&mut node),
+            vec![ClusterEvent::ReceiptReport {
+                tag: 9,
+                recipients: 4,
+                delivered: 0
+            }]
+        );
+    }
+
+    #[test]
+    fn losing_the_link_tells_the_rooms_that_span_servers_once_and_their_return() {
+        let mut world = World::new();
+        let mut node = world.node(1);
+        node.member_joined("#wide", "ann");
+        node.member_joined("#mine", "bea");
+        world.exchange(&mut node);
+        let channel = node.keys().room_channel("#wide");
+        let message = Message::Presence(Presence {
+            room: "#wide".into(),
+            members: 1,
+        });
+        let header = Header { origin: 2, seq: 0 };
+        node.on_message(&channel, &Envelope { header, message }.to_bytes());
+        World::events(&mut node);
+        node.link_down();
+        let lost = ClusterEvent::Contact {
+            rooms: vec!["#wide".into()],
+            back: false,
+        };
+        assert_eq!(World::events(&mut node), vec![lost]);
+        node.link_down();
+        assert_eq!(World::events(&mut node), vec![], "once");
+        node.link_up(world.now);
+        let events = World::events(&mut node);
+        assert!(events.contains(&ClusterEvent::Contact {
+            rooms: vec!["#wide".into()],
+            back: true,
+        }));
+    }
+
+    #[test]
+    fn names_held_are_claimed_again_on_return_and_a_taken_one_is_reported() {
+        let mut world = World::new();
+        let mut a = world.node(1);
+        let mut b = world.node(2);
+        Peers::claim_nick(&mut a, 0, "ada");
+        Peers::claim_nick(&mut a, 0, "amy");
+        world.exchange(&mut a);
+        a.link_down();
+        // Meanwhile the names were freed (A was reaped) and B took one.
+        world
+            .redis
+            .execute(&["DEL".into(), "t:nick:ada".into()], world.now);
+        b.claim_nick(5, "ada");
+        world.exchange(&mut b);
+        a.link_up(world.now);
+        world.exchange(&mut a);
+        let events = World::events(&mut a);
+        assert!(events.contains(&ClusterEvent::NickLost {
+            folded: "ada".into()
+        }));
+        assert!(!events.contains(&ClusterEvent::NickLost {
+            folded: "amy".into()
+        }));
+    }
 }
