@@ -8,6 +8,7 @@
 
 mod batch;
 mod command;
+mod faults;
 mod names;
 mod peers;
 mod receipts;
@@ -21,6 +22,7 @@ use std::ops::Range;
 use batch::Speakers;
 use bytes::Bytes;
 use command::Command;
+pub use faults::RemoteDeparture;
 use names::{NickError, Nicknames};
 pub use peers::{Alone, Claim, ClaimAnswer, Peers, Route, Ticket};
 pub use receipts::ReceiptTag;

@@ -129,11 +129,13 @@ impl FakeRedis {
 
     fn set(&mut self, key: &Bytes, value: &Bytes, options: &[Bytes], now: Instant) -> Reply {
         let mut only_new = false;
+        let mut want_old = false;
         let mut expiry = None;
         let mut options = options.iter();
         while let Some(option) = options.next() {
             match option.to_ascii_uppercase().as_slice() {
                 b"NX" => only_new = true,
+                b"GET" => want_old = true,
                 b"PX" => match options.next().and_then(number) {
                     Some(ms) if ms > 0 => expiry = Some(now + Duration::from_millis(ms as u64)),
                     _ => return error("invalid expire time"),
@@ -141,11 +143,16 @@ impl FakeRedis {
                 _ => return error("syntax error"),
             }
         }
-        if only_new && self.get(key, now).is_some() {
+        let old = self.get(key, now);
+        if only_new && old.is_some() {
             return Reply::Nil;
         }
         self.strings.insert(key.clone(), (value.clone(), expiry));
-        ok()
+        match (want_old, old) {
+            (false, _) => ok(),
+            (true, Some(old)) => Reply::Bulk(old),
+            (true, None) => Reply::Nil,
+        }
     }
 
     /// The scripts the cluster uses, done natively: a fake Redis has no Lua.

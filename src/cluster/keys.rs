@@ -37,6 +37,53 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0";
 
+/// Finds the nodes of `P:nodes` whose alive key expired and, for each one
+/// whose reaping lock (`P:reap:ID`, `SET NX PX`) this node gets, removes
+/// everything it registered: its room counts, its members, its names and
+/// itself from the node set, in one atomic step. Returns a flat array of
+/// triples `node, room, nick` (each reaped node first as `node, '', ''`), so
+/// that the reaper can announce the leaves.
+///
+/// Key names are built in the script from the prefix: fine for one Redis,
+/// not for Redis Cluster (which Apollonion does not support).
+///
+/// KEYS: the node set. ARGV: the prefix, this node's id, the lock's
+/// lifetime in ms.
+pub const REAP_LOST: &str = "local prefix = ARGV[1]
+local out = {}
+local rooms_key = prefix .. ':rooms'
+for _, node in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  if node ~= ARGV[2] and redis.call('EXISTS', prefix .. ':alive:' .. node) == 0
+      and redis.call('SET', prefix .. ':reap:' .. node, ARGV[2], 'NX', 'PX', ARGV[3]) then
+    table.insert(out, node) table.insert(out, '') table.insert(out, '')
+    local suffix = '|' .. node
+    for _, field in ipairs(redis.call('HKEYS', rooms_key)) do
+      if #field > #suffix and string.sub(field, -#suffix) == suffix then
+        redis.call('HDEL', rooms_key, field)
+        local room = string.sub(field, 1, #field - #suffix)
+        local members = prefix .. ':members:' .. room
+        local hash = redis.call('HGETALL', members)
+        for i = 1, #hash, 2 do
+          if hash[i + 1] == node then
+            redis.call('HDEL', members, hash[i])
+            table.insert(out, node) table.insert(out, room) table.insert(out, hash[i])
+          end
+        end
+      end
+    end
+    local nicks = prefix .. ':nicks:' .. node
+    for _, nick in ipairs(redis.call('SMEMBERS', nicks)) do
+      local key = prefix .. ':nick:' .. nick
+      if redis.call('GET', key) == node then
+        redis.call('DEL', key)
+      end
+    end
+    redis.call('DEL', nicks)
+    redis.call('SREM', KEYS[1], node)
+  end
+end
+return out";
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Keys {
     prefix: String,
@@ -47,6 +94,11 @@ impl Keys {
         Keys {
             prefix: cluster_name.to_string(),
         }
+    }
+
+    /// The prefix every key and channel starts with.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
     }
 
     fn key(&self, parts: &[&str]) -> Bytes {

@@ -48,7 +48,7 @@
 //! Receivers skip their own origin and queue `RoomBatch::lines` (a slice of
 //! the received payload) to every local member. `PUBLISH`'s reply, the
 //! number of subscribed servers (ours included), tells how many receipt
-//! reports to wait for. Sequence numbers are sent but not yet checked.
+//! reports to wait for. Receivers check the sequence numbers (per room, counting lines).
 //!
 //! **Keys and channels** (prefix `P` = `--cluster-name`, see [`keys`]):
 //! `P:room:ROOM` channel (subscribed while this server has members there);
@@ -67,13 +67,12 @@
 //! [`reconnect::WarnThrottle`] pace reconnection; on `link_up` the node
 //! re-claims its names (the claim script is idempotent for the holder) and
 //! re-registers memberships; sequence gaps report loss; a subscriber the
-//! server dropped shows up as a closed socket, then a gap. What is done
-//! already: reconnect with backoff and one warning per 10 s; on `link_up`
-//! the rooms are resubscribed and memberships and room counts
-//! re-registered (names not yet); an orderly shutdown releases the names
-//! and memberships it holds. Not yet: re-claiming names, the `P:reap` of a
-//! lost node, leave notices for another server's users, loss counting, the
-//! 5 s deadline of a receipt or delivery report that never comes.
+//! server dropped shows up as a closed socket, then a gap.
+//! Reaping: [`keys::REAP_LOST`], run every second by every node, removes
+//! a lost node's traces atomically; [`wire::Departed`] carries its (or a
+//! stopping node's) users per room; a node that finds itself reaped while
+//! only cut off re-registers. The README's "Cluster mode" says what users
+//! see.
 
 #[cfg(test)]
 mod fake_redis;

@@ -16,17 +16,29 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::keys::{Keys, CLAIM_NICK, RELEASE_NICK};
+use super::keys::{Keys, CLAIM_NICK, REAP_LOST, RELEASE_NICK};
 use super::link::Reply;
 use super::wire::{
-    encode_direct_header, encode_room_batch_header, DeliveryOutcome, DeliveryReport, Envelope,
-    Header, Message, NodeEvent, NodeId, Presence, ReceiptReport, WireReceipt,
+    encode_direct_header, encode_room_batch_header, DeliveryOutcome, DeliveryReport, Departed,
+    DepartureCause, Envelope, Header, Message, NodeEvent, NodeId, Presence, ReceiptReport,
+    WireReceipt,
 };
 use crate::chat::{Claim, DirectOutcome, Peers, ReceiptTag, Route, Ticket};
 
 /// How long a client waits for the other servers before it is told they
 /// did not answer (SPEC §4).
 pub const ANSWER_PATIENCE: Duration = Duration::from_secs(5);
+
+/// How often a server looks for lost ones (at most; a third of the node
+/// timeout when that is shorter), so a death is announced within the
+/// timeout plus this.
+pub const REAP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What the members of a room that spans servers are told when the link
+/// to the others is lost, and when it is back (SPEC §4).
+pub const CONTACT_LOST: &str =
+    "lost contact with the other servers: only people on this server hear you";
+pub const CONTACT_BACK: &str = "back in contact with the other servers";
 
 /// A change of the subscriber link's channels.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,6 +115,20 @@ pub enum ClusterEvent {
         ticket: u64,
         rooms: Option<Vec<(String, usize)>>,
     },
+    /// Another server's members of `room` are gone with it.
+    MembersLeft {
+        room: String,
+        nicks: Vec<String>,
+        cause: DepartureCause,
+    },
+    /// Members of these rooms are to be told [`CONTACT_LOST`] or
+    /// [`CONTACT_BACK`].
+    Contact { rooms: Vec<String>, back: bool },
+    /// A name this server's user held was taken by another server's user
+    /// while the link was down or this server was counted lost.
+    NickLost { folded: String },
+    /// Lines of other servers in `room` that never arrived.
+    LinesLost { room: String, count: u64 },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -134,9 +160,18 @@ enum Purpose {
         folded: String,
     },
     Release,
+    /// Re-claiming a name held before the link was lost.
+    Reclaim {
+        folded: String,
+    },
     GuestBlock,
-    Alive,
+    /// The alive key's refresh; `check`: a missing old value means the
+    /// others counted this node lost meanwhile.
+    Alive {
+        check: bool,
+    },
     JoinNodes,
+    Reap,
     /// Replies nobody waits for: publications, membership bookkeeping.
     Fire,
     /// A room batch with receipts: the reply counts the servers that will
@@ -195,6 +230,33 @@ pub struct Cluster {
     /// them held back meanwhile: a server that published before its own
     /// subscription was in place could miss the answers.
     unconfirmed: HashMap<String, Vec<(Bytes, Vec<u64>)>>,
+    /// Names (case-folded) this node holds, re-claimed after a reconnect.
+    held_nicks: HashSet<String>,
+    next_reap: Option<Instant>,
+    /// Rooms told [`CONTACT_LOST`], to be told [`CONTACT_BACK`].
+    apart: HashSet<String>,
+    /// Direct messages sent whose delivery report has not come, with when
+    /// they are given up.
+    direct_deadlines: VecDeque<(Instant, u64)>,
+    awaited_directs: HashSet<u64>,
+    /// Room receipts whose other servers have not all reported.
+    receipts: HashMap<u64, PendingReceipt>,
+    receipt_deadlines: VecDeque<(Instant, u64)>,
+    /// This node's next line number in each room's stream.
+    room_seq: HashMap<String, u64>,
+    /// The next line number expected from each (origin, room) stream.
+    streams: HashMap<(NodeId, String), u64>,
+    lines_lost: u64,
+}
+
+/// A receipt of ours waiting for the other servers' parts.
+struct PendingReceipt {
+    /// The other servers' member counts when the line went out, to count
+    /// the recipients of a server that never reports.
+    counts: HashMap<NodeId, u64>,
+    reported: Vec<NodeId>,
+    /// How many servers will report, once `PUBLISH` answered.
+    servers: Option<u64>,
 }
 
 impl Cluster {
@@ -225,7 +287,22 @@ impl Cluster {
             relays: HashMap::new(),
             next_relay: 0,
             unconfirmed: HashMap::new(),
+            held_nicks: HashSet::new(),
+            next_reap: None,
+            apart: HashSet::new(),
+            direct_deadlines: VecDeque::new(),
+            awaited_directs: HashSet::new(),
+            receipts: HashMap::new(),
+            receipt_deadlines: VecDeque::new(),
+            room_seq: HashMap::new(),
+            streams: HashMap::new(),
+            lines_lost: 0,
         }
+    }
+
+    /// Lines of other servers this node knows it missed, in all.
+    pub fn lines_lost(&self) -> u64 {
+        self.lines_lost
     }
 
     pub fn node(&self) -> NodeId {
@@ -256,26 +333,74 @@ impl Cluster {
         self.subscriptions
             .push_back(Subscription::Subscribe(node_channel));
         let rooms: Vec<String> = self.local.keys().cloned().collect();
+        for room in &rooms {
+            self.subscribe_room(room);
+        }
+        self.refresh_alive(now, false);
+        self.register_all();
+        self.next_reap = Some(now);
+        self.stock_guests();
+        if !self.apart.is_empty() {
+            let rooms = self.apart.drain().collect();
+            self.events
+                .push_back(ClusterEvent::Contact { rooms, back: true });
+        }
+    }
+
+    /// Puts this node's names, members and counts (back) into Redis and
+    /// asks the other servers for theirs: after a reconnect, or when the
+    /// others counted this node lost while it was only cut off.
+    fn register_all(&mut self) {
+        let lock = self.keys.reap_lock(self.settings.node);
+        self.request(Purpose::Fire, vec!["DEL".into(), lock]);
+        let nodes = self.keys.nodes();
+        let node = self.node_text.clone();
+        self.request(Purpose::JoinNodes, vec!["SADD".into(), nodes, node]);
+        let mut names: Vec<String> = self.held_nicks.iter().cloned().collect();
+        names.sort_unstable();
+        for folded in names {
+            let args = self.nick_script(CLAIM_NICK, &folded);
+            self.request(Purpose::Reclaim { folded }, args);
+        }
+        let rooms: Vec<String> = self.local.keys().cloned().collect();
         for room in rooms {
-            self.subscribe_room(&room);
             let names: Vec<String> = self.local[&room].iter().cloned().collect();
             for nick in names {
                 self.register_member(&room, &nick);
             }
             self.count_room(&room);
+            // The others' counts of this room are asked for again: they may
+            // have dropped ours, and we theirs.
+            let header = self.room_header(&room, 0);
+            let payload = Envelope {
+                header,
+                message: Message::Node(NodeEvent::Hello),
+            }
+            .to_bytes();
+            self.publish_to_room(&room, payload, Vec::new());
             self.presence_due.insert(room);
         }
-        let nodes = self.keys.nodes();
-        let node = self.node_text.clone();
-        self.request(Purpose::JoinNodes, vec!["SADD".into(), nodes, node]);
-        self.refresh_alive(now);
-        self.stock_guests();
     }
 
     /// The command link is gone. Whatever waited on it is settled now as
     /// unanswered; its replies, should any come, are for a dead link.
     pub fn link_down(&mut self) {
         self.link_up = false;
+        let mut told: Vec<String> = self
+            .remote
+            .keys()
+            .filter(|room| self.local.contains_key(*room) && !self.apart.contains(*room))
+            .cloned()
+            .collect();
+        if !told.is_empty() {
+            told.sort_unstable();
+            self.apart.extend(told.iter().cloned());
+            self.events.push_back(ClusterEvent::Contact {
+                rooms: told,
+                back: false,
+            });
+        }
+        self.next_reap = None;
         self.subscriptions.clear();
         self.unconfirmed.clear();
         self.remote.clear();
@@ -286,6 +411,58 @@ impl Cluster {
         ids.sort_unstable();
         for id in ids {
             self.on_unanswered(id);
+        }
+        // Reports cannot come any more: settle what waited for them now.
+        self.expire_receipts_and_directs(None);
+    }
+
+    /// Settles the receipts and direct messages whose reports did not come
+    /// by `now` (all of them when `None`): the silent servers' recipients
+    /// count as not delivered.
+    fn expire_receipts_and_directs(&mut self, now: Option<Instant>) {
+        let due = |at: Instant| now.is_none_or(|now| at <= now);
+        while let Some(&(at, tag)) = self.receipt_deadlines.front() {
+            if !due(at) {
+                break;
+            }
+            self.receipt_deadlines.pop_front();
+            let Some(pending) = self.receipts.remove(&tag) else {
+                continue;
+            };
+            let reported = pending.reported.len() as u64;
+            let Some(servers) = pending.servers else {
+                // PUBLISH never answered: only those who reported count.
+                self.events.push_back(ClusterEvent::ReceiptServers {
+                    tag,
+                    servers: reported,
+                });
+                continue;
+            };
+            let mut silent_recipients: u64 = pending
+                .counts
+                .iter()
+                .filter(|(node, _)| !pending.reported.contains(node))
+                .map(|(_, count)| count)
+                .sum();
+            for _ in reported..servers {
+                self.events.push_back(ClusterEvent::ReceiptReport {
+                    tag,
+                    recipients: std::mem::take(&mut silent_recipients),
+                    delivered: 0,
+                });
+            }
+        }
+        while let Some(&(at, ticket)) = self.direct_deadlines.front() {
+            if !due(at) {
+                break;
+            }
+            self.direct_deadlines.pop_front();
+            if self.awaited_directs.remove(&ticket) {
+                self.events.push_back(ClusterEvent::DirectReport {
+                    ticket,
+                    outcome: DirectOutcome::Left,
+                });
+            }
         }
     }
 
@@ -300,16 +477,186 @@ impl Cluster {
             self.on_unanswered(id);
         }
         if self.next_alive_refresh.is_some_and(|at| at <= now) {
-            self.refresh_alive(now);
+            self.refresh_alive(now, true);
         }
+        if self.next_reap.is_some_and(|at| at <= now) {
+            self.look_for_lost_nodes(now);
+        }
+        self.expire_receipts_and_directs(Some(now));
     }
 
     /// When [`tick`](Cluster::tick) next has something to do.
     pub fn next_wakeup(&self) -> Option<Instant> {
-        let answer = self.deadlines.front().map(|&(at, _)| at);
-        match (self.next_alive_refresh, answer) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+        [
+            self.deadlines.front().map(|&(at, _)| at),
+            self.next_alive_refresh,
+            self.next_reap,
+            self.receipt_deadlines.front().map(|&(at, _)| at),
+            self.direct_deadlines.front().map(|&(at, _)| at),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    fn look_for_lost_nodes(&mut self, now: Instant) {
+        let interval = REAP_INTERVAL.min(self.settings.node_timeout / 3);
+        self.next_reap = Some(now + interval.max(Duration::from_millis(10)));
+        let lock_ms = self.settings.node_timeout.as_millis().max(1).to_string();
+        let args = vec![
+            "EVAL".into(),
+            Bytes::from_static(REAP_LOST.as_bytes()),
+            "1".into(),
+            self.keys.nodes(),
+            Bytes::copy_from_slice(self.keys.prefix().as_bytes()),
+            self.node_text.clone(),
+            lock_ms.into(),
+        ];
+        self.request(Purpose::Reap, args);
+    }
+
+    /// The reaping script's answer: triples `node, room, nick`.
+    fn on_reaped(&mut self, items: &[Reply]) {
+        let text = |reply: &Reply| {
+            reply
+                .bytes()
+                .and_then(|b| std::str::from_utf8(b).ok())
+                .map(str::to_string)
+        };
+        let mut rooms: Vec<(NodeId, String, Vec<String>)> = Vec::new();
+        for triple in items.chunks(3) {
+            let [node, room, nick] = triple else {
+                continue;
+            };
+            let (Some(node), Some(room), Some(nick)) = (text(node), text(room), text(nick)) else {
+                continue;
+            };
+            let Ok(node) = node.parse::<NodeId>() else {
+                continue;
+            };
+            if room.is_empty() {
+                self.forget_node(node);
+                continue;
+            }
+            match rooms.iter_mut().find(|(n, r, _)| *n == node && *r == room) {
+                Some((_, _, nicks)) => nicks.push(nick),
+                None => rooms.push((node, room, vec![nick])),
+            }
+        }
+        for (node, room, nicks) in rooms {
+            let header = self.room_header(&room, 0);
+            let departed = Departed {
+                room: room.clone(),
+                node,
+                cause: DepartureCause::LostServer,
+                nicks: nicks.clone(),
+            };
+            let payload = Envelope {
+                header,
+                message: Message::Departed(departed),
+            }
+            .to_bytes();
+            let channel = self.keys.room_channel(&room);
+            self.publish(channel, payload, Purpose::Fire);
+            self.events.push_back(ClusterEvent::MembersLeft {
+                room,
+                nicks,
+                cause: DepartureCause::LostServer,
+            });
+        }
+    }
+
+    /// Drops what this node knew of another one's rooms and streams.
+    fn forget_node(&mut self, node: NodeId) {
+        for counts in self.remote.values_mut() {
+            counts.remove(&node);
+        }
+        self.remote.retain(|_, counts| !counts.is_empty());
+        self.streams.retain(|(origin, _), _| *origin != node);
+    }
+
+    /// Orderly shutdown, first step (before the chat releases its names
+    /// and memberships): who is in which room here.
+    pub fn departures(&self) -> Vec<(String, Vec<String>)> {
+        let mut rooms: Vec<(String, Vec<String>)> = self
+            .local
+            .iter()
+            .map(|(room, names)| {
+                let mut names: Vec<String> = names.iter().cloned().collect();
+                names.sort_unstable();
+                (room.clone(), names)
+            })
+            .collect();
+        rooms.sort_unstable();
+        rooms
+    }
+
+    /// Orderly shutdown, last step (after the names were released, so that
+    /// whoever hears of the leaves can take the names): the other servers
+    /// announce this node's users' leaves, and nobody needs to reap it.
+    pub fn shutting_down(&mut self, departures: Vec<(String, Vec<String>)>) {
+        if !self.link_up {
+            return;
+        }
+        for (room, nicks) in departures {
+            let header = self.room_header(&room, 0);
+            let departed = Departed {
+                room: room.clone(),
+                node: self.settings.node,
+                cause: DepartureCause::ShuttingDown,
+                nicks,
+            };
+            let payload = Envelope {
+                header,
+                message: Message::Departed(departed),
+            }
+            .to_bytes();
+            let channel = self.keys.room_channel(&room);
+            self.publish(channel, payload, Purpose::Fire);
+        }
+        let nodes = self.keys.nodes();
+        let node = self.node_text.clone();
+        self.request(Purpose::Fire, vec!["SREM".into(), nodes, node]);
+        let alive = self.keys.alive(self.settings.node);
+        self.request(Purpose::Fire, vec!["DEL".into(), alive]);
+        self.next_alive_refresh = None;
+        self.next_reap = None;
+    }
+
+    /// A header in this node's stream of `room`, taking `lines` numbers.
+    fn room_header(&mut self, room: &str, lines: u64) -> Header {
+        let next = self.room_seq.entry(room.to_string()).or_insert(0);
+        let seq = *next;
+        *next += lines;
+        Header {
+            origin: self.settings.node,
+            seq,
+        }
+    }
+
+    /// Checks a publication of `origin` in `room` against the stream's
+    /// numbering: a gap is lines lost; a number lower than expected is a
+    /// stream that started over (the origin left the room and came back).
+    fn follow_stream(&mut self, origin: NodeId, room: &str, seq: u64, lines: u64) {
+        if !self.local.contains_key(room) {
+            return;
+        }
+        let next = seq.saturating_add(lines);
+        match self.streams.get_mut(&(origin, room.to_string())) {
+            Some(expected) => {
+                if seq > *expected {
+                    let count = seq - *expected;
+                    self.lines_lost += count;
+                    self.events.push_back(ClusterEvent::LinesLost {
+                        room: room.to_string(),
+                        count,
+                    });
+                }
+                *expected = next;
+            }
+            None => {
+                self.streams.insert((origin, room.to_string()), next);
+            }
         }
     }
 
@@ -419,7 +766,7 @@ impl Cluster {
 
     fn publish_room_presence(&mut self, room: String) {
         let members = self.local.get(&room).map_or(0, HashSet::len) as u64;
-        let header = self.header();
+        let header = self.room_header(&room, 0);
         let name = room.clone();
         let message = Message::Presence(Presence { room, members });
         let payload = Envelope { header, message }.to_bytes();
@@ -435,9 +782,11 @@ impl Cluster {
         if origin == self.settings.node {
             return;
         }
+        let seq = envelope.header.seq;
         match envelope.message {
             Message::RoomBatch(batch) => {
                 if let Some(room) = self.room_of(channel) {
+                    self.follow_stream(origin, &room, seq, batch.line_count);
                     let receipts = batch
                         .receipts
                         .into_iter()
@@ -455,6 +804,7 @@ impl Cluster {
                 }
             }
             Message::Presence(presence) => {
+                self.follow_stream(origin, &presence.room, seq, 0);
                 let counts = self.remote.entry(presence.room.clone()).or_default();
                 let new = counts.insert(origin, presence.members).is_none();
                 if presence.members == 0 {
@@ -479,6 +829,9 @@ impl Cluster {
                 });
             }
             Message::DeliveryReport(report) => {
+                if !self.awaited_directs.remove(&report.tag) {
+                    return;
+                }
                 let outcome = match report.outcome {
                     DeliveryOutcome::Delivered => DirectOutcome::Delivered,
                     DeliveryOutcome::Left => DirectOutcome::Left,
@@ -491,10 +844,42 @@ impl Cluster {
                 });
             }
             Message::ReceiptReport(report) => {
+                let Some(pending) = self.receipts.get_mut(&report.tag) else {
+                    // Settled already (its 5 s ran out): too late to count.
+                    return;
+                };
+                pending.reported.push(origin);
+                if pending
+                    .servers
+                    .is_some_and(|servers| pending.reported.len() as u64 >= servers)
+                {
+                    self.receipts.remove(&report.tag);
+                }
                 self.events.push_back(ClusterEvent::ReceiptReport {
                     tag: report.tag,
                     recipients: report.recipients,
                     delivered: report.delivered,
+                });
+            }
+            Message::Departed(departed) if departed.node == self.settings.node => {
+                // Reaped while only cut off (stopped, or slow): our users
+                // are still here, so they are put back.
+                if self.link_up {
+                    self.register_all();
+                }
+            }
+            Message::Departed(departed) => {
+                if let Some(counts) = self.remote.get_mut(&departed.room) {
+                    counts.remove(&departed.node);
+                    if counts.is_empty() {
+                        self.remote.remove(&departed.room);
+                    }
+                }
+                self.streams.remove(&(departed.node, departed.room.clone()));
+                self.events.push_back(ClusterEvent::MembersLeft {
+                    room: departed.room,
+                    nicks: departed.nicks,
+                    cause: departed.cause,
                 });
             }
             Message::Node(NodeEvent::ShuttingDown) => {
@@ -503,7 +888,16 @@ impl Cluster {
                 }
                 self.remote.retain(|_, counts| !counts.is_empty());
             }
-            Message::Node(NodeEvent::Hello) => {}
+            Message::Node(NodeEvent::Hello) => {
+                // On a room channel: a server back from an outage wants our
+                // count of the room.
+                if let Some(room) = self.room_of(channel) {
+                    self.follow_stream(origin, &room, seq, 0);
+                    if self.local.contains_key(&room) {
+                        self.presence_due.insert(room);
+                    }
+                }
+            }
         }
     }
 
@@ -555,13 +949,20 @@ impl Cluster {
         }
     }
 
-    fn refresh_alive(&mut self, now: Instant) {
+    fn refresh_alive(&mut self, now: Instant, check: bool) {
         let ttl_ms = self.settings.node_timeout.as_millis().max(1).to_string();
         let key = self.keys.alive(self.settings.node);
         let node = self.node_text.clone();
         self.request(
-            Purpose::Alive,
-            vec!["SET".into(), key, node, "PX".into(), ttl_ms.into()],
+            Purpose::Alive { check },
+            vec![
+                "SET".into(),
+                key,
+                node,
+                "PX".into(),
+                ttl_ms.into(),
+                "GET".into(),
+            ],
         );
         // Three refreshes per timeout: one lost or late refresh does not
         // make the others count this node lost.
@@ -587,6 +988,7 @@ impl Cluster {
     /// Frees a name this node held; a no-op in Redis if another node has
     /// claimed it since.
     pub fn release_nick(&mut self, folded: &str) {
+        self.held_nicks.remove(folded);
         if !self.link_up {
             return;
         }
@@ -658,6 +1060,9 @@ impl Cluster {
                     Reply::Integer(0) => ClaimOutcome::Taken,
                     _ => ClaimOutcome::Unanswered,
                 };
+                if outcome == ClaimOutcome::Granted {
+                    self.held_nicks.insert(folded.clone());
+                }
                 self.events.push_back(ClusterEvent::NickClaim {
                     ticket,
                     folded,
@@ -681,12 +1086,35 @@ impl Cluster {
                     }
                 }
             }
-            Purpose::Release | Purpose::Alive | Purpose::JoinNodes | Purpose::Fire => {}
+            Purpose::Release | Purpose::JoinNodes | Purpose::Fire => {}
+            Purpose::Reclaim { folded } => {
+                if reply == Reply::Integer(0) && self.held_nicks.remove(&folded) {
+                    self.events.push_back(ClusterEvent::NickLost { folded });
+                }
+            }
+            Purpose::Alive { check } => {
+                // The key had expired: the others counted this node lost
+                // (and may have reaped it) while it was only cut off.
+                if check && reply == Reply::Nil && self.link_up {
+                    self.register_all();
+                }
+            }
+            Purpose::Reap => {
+                if let Reply::Array(items) = reply {
+                    self.on_reaped(&items);
+                }
+            }
             Purpose::RoomPublish { tags } => {
                 // Every subscriber gets it, this server included (its
                 // subscription was confirmed before it published).
                 let servers = reply.integer().map_or(0, |n| n.max(1) as u64 - 1);
                 for tag in tags {
+                    if let Some(pending) = self.receipts.get_mut(&tag) {
+                        pending.servers = Some(servers);
+                        if pending.reported.len() as u64 >= servers {
+                            self.receipts.remove(&tag);
+                        }
+                    }
                     self.events
                         .push_back(ClusterEvent::ReceiptServers { tag, servers });
                 }
@@ -708,6 +1136,11 @@ impl Cluster {
                         let header = self.header();
                         encode_direct_header(&mut payload, header, ticket, &target);
                         payload.extend_from_slice(&line);
+                        if let Some(now) = self.now {
+                            self.awaited_directs.insert(ticket);
+                            self.direct_deadlines
+                                .push_back((now + ANSWER_PATIENCE, ticket));
+                        }
                         let channel = self.keys.node_channel(node);
                         self.publish(channel, payload.freeze(), Purpose::DirectSent { ticket });
                     }
@@ -718,7 +1151,7 @@ impl Cluster {
                 }
             }
             Purpose::DirectSent { ticket } => {
-                if reply.integer() != Some(1) {
+                if reply.integer() != Some(1) && self.awaited_directs.remove(&ticket) {
                     self.events.push_back(ClusterEvent::DirectReport {
                         ticket,
                         outcome: DirectOutcome::NoSuchUser,
@@ -763,10 +1196,18 @@ impl Cluster {
                 outcome: ClaimOutcome::Unanswered,
             }),
             Purpose::GuestBlock => self.guest_block_asked = false,
-            Purpose::Release | Purpose::Alive | Purpose::JoinNodes | Purpose::Fire => {}
+            Purpose::Release
+            | Purpose::Reclaim { .. }
+            | Purpose::Alive { .. }
+            | Purpose::Reap
+            | Purpose::JoinNodes
+            | Purpose::Fire => {}
             Purpose::RoomPublish { tags } => {
                 for tag in tags {
-                    let servers = 0;
+                    let servers = self
+                        .receipts
+                        .remove(&tag)
+                        .map_or(0, |pending| pending.reported.len() as u64);
                     self.events
                         .push_back(ClusterEvent::ReceiptServers { tag, servers });
                 }
@@ -779,10 +1220,14 @@ impl Cluster {
                     outcome: DirectOutcome::NoSuchUser,
                 })
             }
-            Purpose::DirectSent { ticket } => self.events.push_back(ClusterEvent::DirectReport {
-                ticket,
-                outcome: DirectOutcome::NoSuchUser,
-            }),
+            Purpose::DirectSent { ticket } => {
+                if self.awaited_directs.remove(&ticket) {
+                    self.events.push_back(ClusterEvent::DirectReport {
+                        ticket,
+                        outcome: DirectOutcome::NoSuchUser,
+                    })
+                }
+            }
             Purpose::Members { ticket } => self.events.push_back(ClusterEvent::MemberList {
                 ticket,
                 names: None,
@@ -823,6 +1268,7 @@ impl Peers for Cluster {
 
     fn claim_nick(&mut self, ticket: Ticket, folded: &str) -> Claim {
         if ticket == 0 {
+            self.held_nicks.insert(folded.to_string());
             if self.link_up {
                 let args = self.nick_script(CLAIM_NICK, folded);
                 self.request(Purpose::Fire, args);
@@ -879,7 +1325,22 @@ impl Peers for Cluster {
         if self.presence_due.remove(room) {
             self.publish_room_presence(room.to_string());
         }
-        let header = self.header();
+        if let Some(now) = self.now {
+            let counts = self.remote.get(room).cloned().unwrap_or_default();
+            for &tag in &tags {
+                self.receipts.insert(
+                    tag,
+                    PendingReceipt {
+                        counts: counts.clone(),
+                        reported: Vec::new(),
+                        servers: None,
+                    },
+                );
+                self.receipt_deadlines
+                    .push_back((now + ANSWER_PATIENCE, tag));
+            }
+        }
+        let header = self.room_header(room, line_count);
         let mut payload = bytes::BytesMut::with_capacity(16 + lines.len());
         encode_room_batch_header(&mut payload, header, line_count, &wire);
         payload.extend_from_slice(lines);
@@ -923,6 +1384,9 @@ impl Peers for Cluster {
         let last = names.is_empty();
         if last {
             self.local.remove(room);
+            self.room_seq.remove(room);
+            self.streams
+                .retain(|(_, stream_room), _| stream_room != room);
         }
         self.presence_due.insert(room.to_string());
         if !self.link_up {
@@ -1228,9 +1692,11 @@ mod tests {
         // A node that stops refreshing is gone after the timeout.
         node.link_down();
         assert_eq!(node.next_wakeup(), None);
-        world.now += timeout - Duration::from_millis(1);
+        let left = world.redis.pttl(b"t:alive:7", world.now) as u64;
+        assert!(left > timeout.as_millis() as u64 / 2, "refreshed lately");
+        world.now += Duration::from_millis(left - 1);
         assert!(world.redis.get(b"t:alive:7", world.now).is_some());
-        world.now += Duration::from_millis(1);
+        world.now += Duration::from_millis(2);
         assert_eq!(world.redis.get(b"t:alive:7", world.now), None);
     }
 
@@ -1311,5 +1777,170 @@ mod tests {
         assert!(node.has_output(), "newcomers hear our count");
         node.on_message(&channel, &envelope(2, presence(0)));
         assert_eq!(node.remote_members("#r"), 2);
+    }
+
+    fn batch_at(origin: NodeId, seq: u64, lines: u64) -> Bytes {
+        let header = Header { origin, seq };
+        let message = Message::RoomBatch(super::super::wire::RoomBatch {
+            line_count: lines,
+            receipts: Vec::new(),
+            lines: Bytes::from("x: y\r\n".repeat(lines as usize)),
+        });
+        Envelope { header, message }.to_bytes()
+    }
+
+    #[test]
+    fn a_gap_in_a_room_stream_reports_exactly_the_lines_lost() {
+        let mut world = World::new();
+        let mut node = world.node(1);
+        node.member_joined("#r", "ann");
+        world.exchange(&mut node);
+        World::events(&mut node);
+        let channel = node.keys().room_channel("#r");
+        node.on_message(&channel, &batch_at(2, 10, 3));
+        node.on_message(&channel, &batch_at(2, 13, 2));
+        let lost = |events: Vec<ClusterEvent>| -> Vec<u64> {
+            events
+                .into_iter()
+                .filter_map(|e| match e {
+                    ClusterEvent::LinesLost { count, .. } => Some(count),
+                    _ => None,
+                })
+                .collect()
+        };
+        assert_eq!(lost(World::events(&mut node)), Vec::<u64>::new());
+        // Lines 15..22 never came.
+        node.on_message(&channel, &batch_at(2, 22, 1));
+        assert_eq!(lost(World::events(&mut node)), vec![7]);
+        assert_eq!(node.lines_lost(), 7);
+        // A stream that starts over (its server left the room and came
+        // back) is no loss.
+        node.on_message(&channel, &batch_at(2, 0, 1));
+        assert_eq!(lost(World::events(&mut node)), Vec::<u64>::new());
+    }
+
+    #[test]
+    fn our_room_streams_number_lines_not_publications() {
+        let mut world = World::new();
+        let mut node = world.node(1);
+        node.member_joined("#r", "ann");
+        world.exchange(&mut node);
+        node.on_subscribed(&node.keys().room_channel("#r"));
+        world.exchange(&mut node);
+        let lines = Bytes::from_static(b"ann: a\r\nann: b\r\nann: c\r\n");
+        Peers::room_batch(&mut node, "#r", &lines, 3, &[]);
+        Peers::room_batch(&mut node, "#r", &lines, 3, &[]);
+        let seqs: Vec<u64> = std::iter::from_fn(|| node.poll_request())
+            .filter(|r| r.args[0] == "PUBLISH")
+            .filter_map(|r| Envelope::decode(&r.args[2]).ok())
+            .filter(|e| matches!(e.message, Message::RoomBatch(_)))
+            .map(|e| e.header.seq)
+            .collect();
+        assert_eq!(seqs, vec![0, 3]);
+    }
+
+    #[test]
+    fn a_receipt_whose_server_never_reports_is_settled_after_five_seconds() {
+        let mut world = World::new();
+        let mut node = world.node(1);
+        node.member_joined("#r", "ann");
+        world.exchange(&mut node);
+        let channel = node.keys().room_channel("#r");
+        node.on_subscribed(&channel);
+        let presence = |members| {
+            let message = Message::Presence(Presence {
+                room: "#r".into(),
+                members,
+            });
+            let header = Header { origin: 2, seq: 0 };
+            Envelope { header, message }.to_bytes()
+        };
+        node.on_message(&channel, &presence(4));
+        World::events(&mut node);
+        let lines = Bytes::from_static(b"ann: hi\r\n");
+        Peers::room_batch(&mut node, "#r", &lines, 1, &[(ReceiptTag(9), 0..9)]);
+        let publish = std::iter::from_fn(|| node.poll_request())
+            .find(|r| {
+                r.args[0] == "PUBLISH"
+                    && Envelope::decode(&r.args[2])
+                        .is_ok_and(|e| matches!(e.message, Message::RoomBatch(_)))
+            })
+            .expect("published");
+        // Redis says two subscribers: us and server 2, which never reports.
+        node.on_reply(publish.id, Reply::Integer(2));
+        assert_eq!(
+            World::events(&mut node),
+            vec![ClusterEvent::ReceiptServers { tag: 9, servers: 1 }]
+        );
+        world.now += ANSWER_PATIENCE - Duration::from_millis(1);
+        node.tick(world.now);
+        assert_eq!(World::events(&mut node), vec![]);
+        world.now += Duration::from_millis(1);
+        node.tick(world.now);
+        assert_eq!(
+            World::events(&mut node),
+            vec![ClusterEvent::ReceiptReport {
+                tag: 9,
+                recipients: 4,
+                delivered: 0
+            }]
+        );
+    }
+
+    #[test]
+    fn losing_the_link_tells_the_rooms_that_span_servers_once_and_their_return() {
+        let mut world = World::new();
+        let mut node = world.node(1);
+        node.member_joined("#wide", "ann");
+        node.member_joined("#mine", "bea");
+        world.exchange(&mut node);
+        let channel = node.keys().room_channel("#wide");
+        let message = Message::Presence(Presence {
+            room: "#wide".into(),
+            members: 1,
+        });
+        let header = Header { origin: 2, seq: 0 };
+        node.on_message(&channel, &Envelope { header, message }.to_bytes());
+        World::events(&mut node);
+        node.link_down();
+        let lost = ClusterEvent::Contact {
+            rooms: vec!["#wide".into()],
+            back: false,
+        };
+        assert_eq!(World::events(&mut node), vec![lost]);
+        node.link_down();
+        assert_eq!(World::events(&mut node), vec![], "once");
+        node.link_up(world.now);
+        let events = World::events(&mut node);
+        assert!(events.contains(&ClusterEvent::Contact {
+            rooms: vec!["#wide".into()],
+            back: true,
+        }));
+    }
+
+    #[test]
+    fn names_held_are_claimed_again_on_return_and_a_taken_one_is_reported() {
+        let mut world = World::new();
+        let mut a = world.node(1);
+        let mut b = world.node(2);
+        Peers::claim_nick(&mut a, 0, "ada");
+        Peers::claim_nick(&mut a, 0, "amy");
+        world.exchange(&mut a);
+        a.link_down();
+        // Meanwhile the names were freed (A was reaped) and B took one.
+        world
+            .redis
+            .execute(&["DEL".into(), "t:nick:ada".into()], world.now);
+        b.claim_nick(5, "ada");
+        world.exchange(&mut b);
+        a.link_up(world.now);
+        world.exchange(&mut a);
+        let events = World::events(&mut a);
+        assert!(events.contains(&ClusterEvent::NickLost {
+            folded: "ada".into()
+        }));
+        assert!(!events.contains(&ClusterEvent::NickLost {
+            folded: "amy".into()
+        }));
     }
 }

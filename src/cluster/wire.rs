@@ -31,6 +31,7 @@ const KIND_DELIVERY_REPORT: u8 = 3;
 const KIND_RECEIPT_REPORT: u8 = 4;
 const KIND_PRESENCE: u8 = 5;
 const KIND_NODE: u8 = 6;
+const KIND_DEPARTED: u8 = 7;
 
 /// Longest name (nickname or room) accepted on the wire; the chat's own
 /// limits are far below it.
@@ -140,6 +141,26 @@ pub enum NodeEvent {
     ShuttingDown,
 }
 
+/// Why another server's users left all at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DepartureCause {
+    /// The server was found dead (its alive key expired) and reaped.
+    LostServer,
+    /// The server shut down in order.
+    ShuttingDown,
+}
+
+/// Members of a room on `node` that are gone: published on the room's
+/// channel by the server itself when it shuts down, or by the server that
+/// reaped it when it was lost.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Departed {
+    pub room: String,
+    pub node: NodeId,
+    pub cause: DepartureCause,
+    pub nicks: Vec<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message {
     RoomBatch(RoomBatch),
@@ -148,6 +169,7 @@ pub enum Message {
     ReceiptReport(ReceiptReport),
     Presence(Presence),
     Node(NodeEvent),
+    Departed(Departed),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -269,6 +291,19 @@ impl Envelope {
                     NodeEvent::ShuttingDown => 1,
                 });
             }
+            Message::Departed(departed) => {
+                put_header(out, KIND_DEPARTED, header);
+                put_name(out, &departed.room);
+                put_varint(out, departed.node);
+                out.put_u8(match departed.cause {
+                    DepartureCause::LostServer => 0,
+                    DepartureCause::ShuttingDown => 1,
+                });
+                put_varint(out, departed.nicks.len() as u64);
+                for nick in &departed.nicks {
+                    put_name(out, nick);
+                }
+            }
         }
     }
 
@@ -333,6 +368,31 @@ impl Envelope {
                 };
                 reader.end()?;
                 Message::Node(event)
+            }
+            KIND_DEPARTED => {
+                let room = reader.name()?;
+                let node = reader.varint()?;
+                let cause = match reader.byte()? {
+                    0 => DepartureCause::LostServer,
+                    1 => DepartureCause::ShuttingDown,
+                    _ => return Err(WireError::Malformed("departure cause")),
+                };
+                let count = reader.length()?;
+                // Each name takes at least one byte.
+                if count > payload.len() {
+                    return Err(WireError::Truncated);
+                }
+                let mut nicks = Vec::with_capacity(count);
+                for _ in 0..count {
+                    nicks.push(reader.name()?);
+                }
+                reader.end()?;
+                Message::Departed(Departed {
+                    room,
+                    node,
+                    cause,
+                    nicks,
+                })
             }
             other => return Err(WireError::UnknownKind(other)),
         };
@@ -581,6 +641,22 @@ mod tests {
                 .prop_map(|(room, members)| Message::Presence(Presence { room, members })),
             prop_oneof![Just(NodeEvent::Hello), Just(NodeEvent::ShuttingDown)]
                 .prop_map(Message::Node),
+            (
+                name(),
+                any::<u64>(),
+                any::<bool>(),
+                proptest::collection::vec(name(), 0..5)
+            )
+                .prop_map(|(room, node, lost, nicks)| Message::Departed(Departed {
+                    room,
+                    node,
+                    cause: if lost {
+                        DepartureCause::LostServer
+                    } else {
+                        DepartureCause::ShuttingDown
+                    },
+                    nicks,
+                })),
         ]
     }
 

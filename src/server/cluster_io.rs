@@ -4,7 +4,7 @@
 //! sans-IO [`Cluster`]'s business.
 
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use log::{info, warn};
 use mio::{Registry, Token};
@@ -19,6 +19,11 @@ use crate::cluster::url::RedisUrl;
 
 /// Bytes read from one Redis socket per loop turn.
 const REDIS_READ_BUDGET: usize = 4 << 20;
+
+/// How long connecting and the handshake may take: a Redis that accepts
+/// nothing and refuses nothing (a black hole) must not leave the link
+/// waiting for ever.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 struct Links {
     command: RedisSocket,
@@ -39,6 +44,8 @@ pub struct ClusterIo {
     warnings: WarnThrottle,
     /// A read stopped at its budget: come back without waiting for an event.
     more_to_read: bool,
+    /// While connecting: when to give up.
+    connect_deadline: Option<Instant>,
 }
 
 impl ClusterIo {
@@ -58,12 +65,16 @@ impl ClusterIo {
             backoff: Backoff::for_redis(),
             warnings: WarnThrottle::for_redis(),
             more_to_read: false,
+            connect_deadline: None,
         }
     }
 
     /// When the reactor must wake up for Redis without an event.
     pub fn next_wakeup(&self) -> Option<Instant> {
-        self.retry_at
+        match (self.retry_at, self.connect_deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     pub fn has_work(&self) -> bool {
@@ -109,6 +120,7 @@ impl ClusterIo {
             );
         }
         self.more_to_read = false;
+        self.connect_deadline = None;
         self.retry_at = Some(self.backoff.next_attempt(now));
     }
 
@@ -119,7 +131,10 @@ impl ClusterIo {
             if self.retry_at.is_some_and(|at| at <= now) {
                 self.retry_at = None;
                 match self.connect(registry) {
-                    Ok(links) => self.links = Some(links),
+                    Ok(links) => {
+                        self.links = Some(links);
+                        self.connect_deadline = Some(now + CONNECT_TIMEOUT);
+                    }
                     Err(err) => return self.fail(registry, cluster, now, &err.to_string()),
                 }
             } else {
@@ -132,6 +147,13 @@ impl ClusterIo {
             }
         }
         if let Err(why) = self.pump_links(cluster, now) {
+            return self.fail(registry, cluster, now, &why);
+        }
+        let up = self.links.as_ref().is_some_and(|links| links.up);
+        if up {
+            self.connect_deadline = None;
+        } else if self.connect_deadline.is_some_and(|at| at <= now) {
+            let why = format!("no answer within {} s", CONNECT_TIMEOUT.as_secs());
             self.fail(registry, cluster, now, &why);
         }
     }

@@ -3,9 +3,12 @@
 
 use std::time::Instant;
 
+use log::{info, warn};
+
 use super::Server;
-use crate::chat::{ClaimAnswer, DirectOutcome, ReceiptTag};
-use crate::cluster::state::{ClaimOutcome, Cluster, ClusterEvent};
+use crate::chat::{ClaimAnswer, DirectOutcome, ReceiptTag, RemoteDeparture};
+use crate::cluster::state::{ClaimOutcome, Cluster, ClusterEvent, CONTACT_BACK, CONTACT_LOST};
+use crate::cluster::wire::DepartureCause;
 
 impl Server {
     pub(super) fn pump_cluster(&mut self, now: Instant) {
@@ -90,6 +93,28 @@ impl Server {
             }
             ClusterEvent::RoomList { ticket, rooms } => {
                 self.chat.on_room_list(out, ticket, rooms);
+            }
+            ClusterEvent::MembersLeft { room, nicks, cause } => {
+                let why = match cause {
+                    DepartureCause::LostServer => RemoteDeparture::LostServer,
+                    DepartureCause::ShuttingDown => RemoteDeparture::ServerShuttingDown,
+                };
+                info!(
+                    "{} users of another server left {room}: {why:?}",
+                    nicks.len()
+                );
+                self.chat.on_remote_departure(out, &room, &nicks, why);
+            }
+            ClusterEvent::Contact { rooms, back } => {
+                let text = if back { CONTACT_BACK } else { CONTACT_LOST };
+                self.chat.tell_rooms(out, &rooms, text);
+            }
+            ClusterEvent::NickLost { folded } => {
+                self.chat.on_nick_lost(out, &folded);
+            }
+            ClusterEvent::LinesLost { room, count } => {
+                warn!("{count} lines of other servers in {room} were lost");
+                self.chat.on_lines_lost(out, &room, count);
             }
         }
     }

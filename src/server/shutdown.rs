@@ -126,7 +126,11 @@ impl Server {
         // only the shutdown notice itself must get through regardless.
         self.chat.end_turn(&mut self.conns);
         self.conns.ignore_cap();
+        let departures = self.chat.peers().as_ref().map(|c| c.departures());
         self.chat.on_shutdown(&mut self.conns);
+        if let (Some(cluster), Some(departures)) = (self.chat.peers_mut(), departures) {
+            cluster.shutting_down(departures);
+        }
         // The chat closed every client it knew; the rest were closing
         // already and keep their own cause.
         for key in self.conns.keys() {

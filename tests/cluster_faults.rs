@@ -1,0 +1,279 @@
+//! Cluster faults (SPEC §4 "Faults"): servers as child processes (killed,
+//! stopped, shut down), one private `redis-server` (stopped and restarted
+//! on the same port). Every wait is on a line a server sends, never a
+//! sleep; every test stops by itself.
+
+mod common;
+mod daemon;
+mod redis_support;
+
+use std::time::{Duration, Instant};
+
+use common::Client;
+use daemon::Daemon;
+use redis_support::RedisServer;
+
+/// The node timeout the servers run with: short, to keep the tests fast.
+const NODE_TIMEOUT_SECS: u64 = 2;
+/// SPEC §4: the leaves of a lost server come within the node timeout + 2 s;
+/// one more second for a busy test machine.
+const LOSS_DEADLINE: Duration = Duration::from_secs(NODE_TIMEOUT_SECS + 2 + 1);
+/// Memory a surviving server may use after the faults.
+const RSS_LIMIT_KIB: u64 = 64 * 1024;
+
+fn server(redis: &RedisServer) -> Daemon {
+    let url = redis.url(0);
+    let timeout = NODE_TIMEOUT_SECS.to_string();
+    Daemon::start(&[
+        "--redis",
+        &url,
+        "--cluster-name",
+        "faults",
+        "--node-timeout",
+        &timeout,
+    ])
+}
+
+/// A client named `nick`, claimed through Redis; a claim made before the
+/// server joined the cluster is answered as unanswered, and tried again.
+fn member(server: &Daemon, nick: &str) -> Client {
+    let (mut client, _) = server.join();
+    loop {
+        client.send(&format!("/nick {nick}"));
+        let line = answer(&mut client);
+        if line == format!("* you are now {nick}") {
+            return client;
+        }
+        assert_eq!(line, "! the other servers did not answer, try again");
+    }
+}
+
+/// The next line that is not a join, leave or rename notice.
+fn answer(client: &mut Client) -> String {
+    loop {
+        let line = client.read_line().expect("an answer");
+        let notice = line.starts_with("* ")
+            && !line.starts_with("* you ")
+            && (line.contains(" joined #")
+                || line.contains(" left #")
+                || line.contains(" is now known as "));
+        if !notice {
+            return line;
+        }
+    }
+}
+
+/// Moves `joining` into `room` and waits until everyone already there saw
+/// it arrive, so the room spans their servers from now on.
+fn enter(joining: &mut Client, nick: &str, room: &str, already: &mut [&mut Client]) {
+    joining.send(&format!("/join {room}"));
+    let joined = answer(joining);
+    assert!(
+        joined.starts_with(&format!("* you joined {room} (")),
+        "{joined}"
+    );
+    for member in already.iter_mut() {
+        member.read_until(&format!("* {nick} joined {room}"));
+    }
+}
+
+/// Asks `/who` until the listing is `expected` (the servers re-register
+/// after a fault; the answer converges), within the client's patience.
+fn who_until(client: &mut Client, expected: &str) -> Duration {
+    let start = Instant::now();
+    loop {
+        client.send("/who");
+        let line = answer(client);
+        if line == expected {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < common::PATIENCE,
+            "/who still says {line:?}, not {expected:?}"
+        );
+        // Each /who is a round trip to Redis: this loop is paced by it.
+    }
+}
+
+/// `speaker` says something and `listeners` hear it: the speaker's server
+/// has then published its count of the room after hearing theirs (a count
+/// goes out before the lines that follow it), so every server knows the
+/// room spans the others.
+fn spoken(speaker: &mut Client, nick: &str, listeners: &mut [&mut Client]) {
+    speaker.send("sync");
+    for listener in listeners.iter_mut() {
+        listener.read_until(&format!("{nick}: sync"));
+    }
+}
+
+fn assert_bounded(server: &Daemon) {
+    let rss = server.rss_kib();
+    assert!(rss < RSS_LIMIT_KIB, "RSS {rss} KiB");
+}
+
+#[test]
+fn a_killed_server_s_users_leave_the_rooms_elsewhere_and_free_their_names() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let a = server(&redis);
+    let b = server(&redis);
+    let c = server(&redis);
+    let mut ada = member(&a, "ada");
+    let mut bob = member(&b, "bob");
+    let mut cat = member(&c, "cat");
+    enter(&mut ada, "ada", "#r", &mut []);
+    enter(&mut bob, "bob", "#r", &mut [&mut ada]);
+    enter(&mut cat, "cat", "#r", &mut [&mut ada, &mut bob]);
+
+    a.signal(libc::SIGKILL);
+    let killed = Instant::now();
+    for far in [&mut bob, &mut cat] {
+        far.read_until("* ada left #r (lost server)");
+    }
+    let took = killed.elapsed();
+    eprintln!("leaves announced {took:?} after the kill");
+    assert!(took < LOSS_DEADLINE, "{took:?}");
+
+    // The name is free again, and the room counts only who is left.
+    let mut ada2 = member(&c, "ada");
+    enter(&mut ada2, "ada", "#r", &mut [&mut bob, &mut cat]);
+    who_until(&mut bob, "* in #r: ada, bob, cat");
+    assert_bounded(&b);
+    assert_bounded(&c);
+}
+
+#[test]
+fn an_orderly_shutdown_announces_its_users_leaves_and_frees_their_names_at_once() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let mut a = server(&redis);
+    let b = server(&redis);
+    let mut ada = member(&a, "ada");
+    let mut bob = member(&b, "bob");
+    enter(&mut ada, "ada", "#r", &mut []);
+    enter(&mut bob, "bob", "#r", &mut [&mut ada]);
+
+    a.signal(libc::SIGTERM);
+    ada.read_until("* server shutting down");
+    bob.read_until("* ada left #r (server shutting down)");
+    // No retry: the name was released before the leave was published.
+    let (mut other, _) = b.join();
+    other.send("/nick ada");
+    assert_eq!(answer(&mut other), "* you are now ada");
+    assert!(a.exit_within(Duration::from_secs(10)).is_some());
+    assert_bounded(&b);
+}
+
+#[test]
+fn redis_going_away_keeps_local_chat_and_tells_the_rooms_then_all_comes_back() {
+    let Some(mut redis) = RedisServer::start() else {
+        return;
+    };
+    let a = server(&redis);
+    let b = server(&redis);
+    let mut ada = member(&a, "ada");
+    let mut amy = member(&a, "amy");
+    let mut bob = member(&b, "bob");
+    enter(&mut ada, "ada", "#r", &mut []);
+    enter(&mut amy, "amy", "#r", &mut [&mut ada]);
+    enter(&mut bob, "bob", "#r", &mut [&mut ada, &mut amy]);
+    spoken(&mut ada, "ada", &mut [&mut amy, &mut bob]);
+
+    redis.stop();
+    let lost = "* lost contact with the other servers: only people on this server hear you";
+    for client in [&mut ada, &mut amy, &mut bob] {
+        client.read_until(lost);
+    }
+    ada.send("still here?");
+    assert_eq!(answer(&mut amy), "ada: still here?");
+
+    redis.restart();
+    let back = Instant::now();
+    for client in [&mut ada, &mut amy, &mut bob] {
+        client.read_until("* back in contact with the other servers");
+    }
+    let converged = who_until(&mut bob, "* in #r: ada, amy, bob");
+    eprintln!(
+        "/who right {:?} after Redis returned",
+        back.elapsed().max(converged)
+    );
+    ada.send("hello again");
+    assert_eq!(answer(&mut bob), "ada: hello again");
+    // B counts A's members again.
+    let (mut newcomer, _) = b.join();
+    newcomer.send("/join #r");
+    assert_eq!(answer(&mut newcomer), "* you joined #r (4 here)");
+    let cpu = a.cpu_time();
+    assert!(cpu < Duration::from_secs(5), "CPU {cpu:?}");
+    assert_bounded(&a);
+    assert_bounded(&b);
+}
+
+#[test]
+fn a_server_cut_off_past_the_node_timeout_rejoins_and_its_taken_name_is_renamed() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let a = server(&redis);
+    let b = server(&redis);
+    let mut ada = member(&a, "ada");
+    let mut amy = member(&a, "amy");
+    let mut bob = member(&b, "bob");
+    enter(&mut ada, "ada", "#r", &mut []);
+    enter(&mut amy, "amy", "#r", &mut [&mut ada]);
+    enter(&mut bob, "bob", "#r", &mut [&mut ada, &mut amy]);
+
+    a.signal(libc::SIGSTOP);
+    bob.read_until("* ada left #r (lost server)");
+    let mut taker = member(&b, "ada");
+    a.signal(libc::SIGCONT);
+    let prefix = "* ada was taken while the servers were apart; you are now ";
+    let notice = loop {
+        let line = ada.read_line().expect("the rename notice");
+        if line.starts_with(prefix) {
+            break line;
+        }
+    };
+    let guest = notice.rsplit(' ').next().expect("a name").to_string();
+    assert!(guest.starts_with("guest-"), "{notice}");
+    bob.read_until(&format!("* ada is now known as {guest}"));
+    let mut names = [guest.clone(), "amy".to_string(), "bob".to_string()];
+    names.sort();
+    who_until(&mut bob, &format!("* in #r: {}", names.join(", ")));
+    taker.send("/join #r");
+    taker.read_until("* you joined #r (4 here)");
+    assert_bounded(&b);
+}
+
+#[test]
+fn a_receipt_waiting_on_a_server_that_never_reports_is_settled_after_5_s() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let a = server(&redis);
+    let b = server(&redis);
+    let c = server(&redis);
+    let mut ada = member(&a, "ada");
+    let mut bob = member(&b, "bob");
+    let mut cat = member(&c, "cat");
+    enter(&mut ada, "ada", "#r", &mut []);
+    enter(&mut bob, "bob", "#r", &mut [&mut ada]);
+    enter(&mut cat, "cat", "#r", &mut [&mut ada, &mut bob]);
+    ada.send("/receipts on");
+    assert_eq!(answer(&mut ada), "* receipts on");
+
+    // Stopped, C still holds its subscription, so Redis counts it among
+    // those who got the line, and its report never comes.
+    c.signal(libc::SIGSTOP);
+    let sent = Instant::now();
+    ada.send("anyone?");
+    assert_eq!(answer(&mut bob), "ada: anyone?");
+    assert_eq!(answer(&mut ada), "* #1 delivered to 1 of 2");
+    let took = sent.elapsed();
+    assert!(took >= Duration::from_secs(4), "settled early: {took:?}");
+    assert!(took < Duration::from_secs(8), "{took:?}");
+    c.signal(libc::SIGCONT);
+    assert_bounded(&a);
+}
