@@ -118,6 +118,9 @@ pub struct Connections {
     /// for its disconnect line. Kept here rather than on every connection:
     /// only the ones closing have one.
     departed_nicks: HashMap<usize, Box<str>>,
+    /// The last multi-line chunk counted, and its line count (see
+    /// `count_lines`).
+    counted_chunk: Option<(Bytes, u32)>,
 }
 
 impl Connections {
@@ -138,6 +141,7 @@ impl Connections {
             bytes_written: 0,
             skip_list: Vec::new(),
             departed_nicks: HashMap::new(),
+            counted_chunk: None,
         }
     }
 
@@ -354,7 +358,13 @@ impl Connections {
     /// Queues `data` on one connection, honouring its cap, and keeps the
     /// byte accounting. Whatever is refused is one line (a chunk of several
     /// is split first when it does not fit).
-    fn enqueue(&mut self, key: usize, data: Bytes, receipt: Option<ReceiptTag>) -> Sent {
+    fn enqueue(
+        &mut self,
+        key: usize,
+        data: Bytes,
+        lines: u32,
+        receipt: Option<ReceiptTag>,
+    ) -> Sent {
         let Some(conn) = self.slab.get_mut(key) else {
             return Sent::Skipped;
         };
@@ -363,7 +373,7 @@ impl Connections {
         }
         let was_empty = conn.out.is_empty();
         let len = data.len();
-        if !conn.out.push(data, receipt, self.ignore_cap) {
+        if !conn.out.push_lines(data, lines, receipt, self.ignore_cap) {
             self.lines_skipped += 1;
             if conn.skip_warnings.get_or_insert_default().skipped() {
                 self.skip_list.push(key);
@@ -379,7 +389,28 @@ impl Connections {
 
     /// Queues raw bytes that are not a chat line (telnet replies).
     pub fn send_raw(&mut self, key: usize, data: Bytes) {
-        self.enqueue(key, data, None);
+        self.enqueue(key, data, 0, None);
+    }
+
+    /// Lines in a chunk about to be queued. A room's turn goes to every
+    /// quiet member as the same chunk, so it is counted once, not once per
+    /// member: holding the `Bytes` keeps the identity check exact, and
+    /// `forget_counted_chunk` lets it go at the end of the turn.
+    fn count_lines(&mut self, chunk: &Bytes) -> u32 {
+        if let Some((counted, lines)) = &self.counted_chunk {
+            if counted.as_ptr() == chunk.as_ptr() && counted.len() == chunk.len() {
+                return *lines;
+            }
+        }
+        let lines = chunk.iter().filter(|&&byte| byte == b'\n').count() as u32;
+        self.counted_chunk = Some((chunk.clone(), lines));
+        lines
+    }
+
+    /// Drops the chunk kept for counting, so it pins no block while the
+    /// loop sleeps.
+    pub fn forget_counted_chunk(&mut self) {
+        self.counted_chunk = None;
     }
 
     /// Ends a connection now: it is closed at the end of this turn.
@@ -408,7 +439,7 @@ impl Connections {
 
 impl Outbox for Connections {
     fn send(&mut self, to: ClientId, line: Bytes, receipt: Option<ReceiptTag>) -> Sent {
-        self.enqueue(to.0, line, receipt)
+        self.enqueue(to.0, line, 1, receipt)
     }
 
     fn send_lines(&mut self, to: ClientId, lines: Bytes) {
@@ -417,7 +448,8 @@ impl Outbox for Connections {
             .get(to.0)
             .is_some_and(|conn| self.ignore_cap || conn.out.has_room_for(lines.len()));
         if fits {
-            self.enqueue(to.0, lines, None);
+            let count = self.count_lines(&lines);
+            self.enqueue(to.0, lines, count, None);
             return;
         }
         // Too much for what is left under the cap: as many whole lines as
@@ -434,7 +466,7 @@ impl Outbox for Connections {
             } else {
                 line
             };
-            self.enqueue(to.0, line, None);
+            self.enqueue(to.0, line, 1, None);
         }
     }
 

@@ -16,6 +16,8 @@ const MAX_SLICES_PER_WRITE: usize = 256;
 struct Entry {
     data: Bytes,
     receipt: Option<ReceiptTag>,
+    /// Whole server lines in `data`, credited once the entry is written.
+    lines: u32,
 }
 
 /// How a flush ended.
@@ -59,16 +61,32 @@ impl OutQueue {
         }
     }
 
-    /// Queues `data` unless that would take the queue past its limit; a
+    /// Queues one line unless that would take the queue past its limit; a
     /// refused line is counted as skipped. `force` bypasses the limit for
     /// the few lines that must arrive (the shutdown notice).
     pub fn push(&mut self, data: Bytes, receipt: Option<ReceiptTag>, force: bool) -> bool {
+        self.push_lines(data, 1, receipt, force)
+    }
+
+    /// As `push`, for `data` holding `lines` whole lines (several for a
+    /// room's turn, none for telnet negotiation bytes).
+    pub fn push_lines(
+        &mut self,
+        data: Bytes,
+        lines: u32,
+        receipt: Option<ReceiptTag>,
+        force: bool,
+    ) -> bool {
         if !force && !self.has_room_for(data.len()) {
             self.skipped += 1;
             return false;
         }
         self.pending += data.len();
-        self.entries.push_back(Entry { data, receipt });
+        self.entries.push_back(Entry {
+            data,
+            receipt,
+            lines,
+        });
         true
     }
 
@@ -115,14 +133,13 @@ impl OutQueue {
     }
 
     /// As `write_to`, but stops once `budget` bytes have been written (the
-    /// write that passes it is not cut short), and adds the line ends that
-    /// went out to `line_ends`: every server line ends in one, and none has
-    /// another inside, so that counts the lines the socket took whole.
+    /// write that passes it is not cut short), and adds the lines of every
+    /// entry the socket took whole to `lines_written`.
     pub fn write_within(
         &mut self,
         sink: &mut impl Write,
         written: &mut Vec<ReceiptTag>,
-        line_ends: &mut u64,
+        lines_written: &mut u64,
         budget: usize,
     ) -> io::Result<Flushed> {
         let mut taken = 0usize;
@@ -141,7 +158,7 @@ impl OutQueue {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => {
                     taken = taken.saturating_add(n);
-                    *line_ends += self.advance(n, written);
+                    *lines_written += self.advance(n, written);
                 }
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Ok(Flushed::Blocked),
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
@@ -151,19 +168,16 @@ impl OutQueue {
         Ok(Flushed::Drained)
     }
 
-    /// Drops `count` written bytes from the front; returns the line ends
-    /// among them.
+    /// Drops `count` written bytes from the front; returns the lines of the
+    /// entries that left whole.
     fn advance(&mut self, mut count: usize, written: &mut Vec<ReceiptTag>) -> u64 {
         self.pending -= count;
-        let mut line_ends = 0;
+        let mut lines = 0;
         while count > 0 {
             let Some(front) = self.entries.front() else {
                 break;
             };
             let remaining = front.data.len() - self.front_written;
-            let taken = count.min(remaining);
-            let piece = &front.data[self.front_written..self.front_written + taken];
-            line_ends += piece.iter().filter(|&&byte| byte == b'\n').count() as u64;
             if count < remaining {
                 self.front_written += count;
                 break;
@@ -172,12 +186,13 @@ impl OutQueue {
             self.front_written = 0;
             if let Some(entry) = self.entries.pop_front() {
                 written.extend(entry.receipt);
+                lines += u64::from(entry.lines);
             }
         }
         if self.entries.is_empty() {
             self.entries = VecDeque::new();
         }
-        line_ends
+        lines
     }
 
     /// Empties the queue, returning the receipts of lines that will now never
@@ -334,14 +349,14 @@ mod tests {
         let mut written = Vec::new();
         // One write carries MAX_SLICES_PER_WRITE lines of 8 bytes.
         let per_write = MAX_SLICES_PER_WRITE * 8;
-        let mut line_ends = 0;
-        let flushed = queue.write_within(&mut sink, &mut written, &mut line_ends, per_write + 1);
+        let mut lines = 0;
+        let flushed = queue.write_within(&mut sink, &mut written, &mut lines, per_write + 1);
         assert_eq!(flushed.unwrap(), Flushed::OverBudget);
         assert_eq!(sink.taken.len(), 2 * per_write);
-        assert_eq!(line_ends, 2 * MAX_SLICES_PER_WRITE as u64);
-        let flushed = queue.write_within(&mut sink, &mut written, &mut line_ends, usize::MAX);
+        assert_eq!(lines, 2 * MAX_SLICES_PER_WRITE as u64);
+        let flushed = queue.write_within(&mut sink, &mut written, &mut lines, usize::MAX);
         assert_eq!(flushed.unwrap(), Flushed::Drained);
-        assert_eq!(line_ends, MAX_SLICES_PER_WRITE as u64 * 4);
+        assert_eq!(lines, MAX_SLICES_PER_WRITE as u64 * 4);
         assert_eq!(sink.taken.len(), total);
         assert!(sink.taken.starts_with(b"000000\r\n000001\r\n"));
         assert!(sink
