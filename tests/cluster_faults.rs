@@ -7,6 +7,7 @@ mod common;
 mod daemon;
 mod redis_support;
 
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::Client;
@@ -32,6 +33,25 @@ fn server(redis: &RedisServer) -> Daemon {
         "--node-timeout",
         &timeout,
     ])
+}
+
+/// A server that lets a client flood (no rate limit) and takes long to
+/// count a stopped server as lost, so that a pause of a few seconds is a
+/// slow subscriber, not a lost server; `extra` adds flags.
+fn patient_server(redis: &RedisServer, extra: &[&str]) -> Daemon {
+    let url = redis.url(0);
+    let mut args = vec![
+        "--redis",
+        &url,
+        "--cluster-name",
+        "faults",
+        "--node-timeout",
+        "30",
+        "--rate",
+        "0",
+    ];
+    args.extend_from_slice(extra);
+    Daemon::start(&args)
 }
 
 /// A client named `nick`, claimed through Redis; a claim made before the
@@ -276,4 +296,171 @@ fn a_receipt_waiting_on_a_server_that_never_reports_is_settled_after_5_s() {
     assert!(took < Duration::from_secs(8), "{took:?}");
     c.signal(libc::SIGCONT);
     assert_bounded(&a);
+}
+
+#[test]
+fn a_direct_message_whose_target_s_server_never_reports_is_settled_after_5_s() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    // Not counted lost while stopped: what settles the message is its
+    // own deadline, not a reaping.
+    let a = patient_server(&redis, &[]);
+    let b = patient_server(&redis, &[]);
+    let mut ada = member(&a, "ada");
+    let mut bob = member(&b, "bob");
+    ada.send("/msg bob hello");
+    assert_eq!(answer(&mut bob), "(dm) ada: hello");
+    assert_eq!(answer(&mut ada), "* delivered to bob");
+
+    // Stopped, B still holds its subscription: the message reaches Redis
+    // and B's socket, and B's report never comes.
+    b.signal(libc::SIGSTOP);
+    let sent = Instant::now();
+    ada.send("/msg bob are you there?");
+    assert_eq!(
+        answer(&mut ada),
+        "! bob left before your message was delivered"
+    );
+    let took = sent.elapsed();
+    eprintln!("settled {took:?} after the message");
+    assert!(took >= Duration::from_secs(5), "settled early: {took:?}");
+    assert!(took <= Duration::from_secs(10), "{took:?}");
+    b.signal(libc::SIGCONT);
+    // The late report changes nothing for ada: it comes before the next
+    // message's, and no second outcome follows that one.
+    bob.read_until("(dm) ada: are you there?");
+    ada.send("/msg bob still there?");
+    assert_eq!(answer(&mut ada), "* delivered to bob");
+    ada.send("/rooms");
+    let rooms = answer(&mut ada);
+    assert!(rooms.starts_with("* rooms: "), "{rooms}");
+    assert_bounded(&a);
+    assert_bounded(&b);
+}
+
+/// What bob heard of ada's numbered lines: the numbered lines, and the
+/// lines the loss notices counted.
+struct Heard {
+    received: u64,
+    lost: u64,
+}
+
+/// Reads `client` until ada's line marked `end`, counting ada's numbered
+/// lines (which must come in order) and the losses reported; every number
+/// heard goes to `heard` as it comes.
+fn count_numbered_lines(mut client: common::Client, heard: mpsc::Sender<u64>) -> Heard {
+    let mut counts = Heard {
+        received: 0,
+        lost: 0,
+    };
+    let mut last = None;
+    loop {
+        let line = client.read_line().expect("bob stays connected");
+        if let Some(rest) = line.strip_prefix("ada: ") {
+            let mut words = rest.split(' ');
+            let number: u64 = words
+                .next()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("unnumbered line {line:?}"));
+            assert!(last.is_none_or(|last| number > last), "out of order");
+            last = Some(number);
+            counts.received += 1;
+            let _ = heard.send(number);
+            if words.next() == Some("end") {
+                return counts;
+            }
+        } else if let Some(count) = line
+            .strip_prefix("* ")
+            .and_then(|rest| rest.strip_suffix(" lines from other servers were lost"))
+        {
+            counts.lost += count.parse::<u64>().expect("a count");
+        } else {
+            assert!(!line.contains("lines skipped"), "{line}");
+        }
+    }
+}
+
+#[test]
+fn redis_dropping_a_slow_subscriber_is_reported_as_the_exact_number_of_lines_lost() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    // Redis drops a subscriber as soon as 256 KiB wait for it (the kernel's
+    // socket buffers hold some MiB before that).
+    let limit = "pubsub 256kb 128kb 1";
+    assert_eq!(
+        redis.command(&["CONFIG", "SET", "client-output-buffer-limit", limit]),
+        "+OK"
+    );
+    let a = patient_server(&redis, &[]);
+    // bob's own output queue is no limit here: what is measured is the
+    // cluster's loss, not a slow client's skips.
+    let b = patient_server(&redis, &["--max-outbuf", "268435456"]);
+    let mut ada = member(&a, "ada");
+    let mut bob = member(&b, "bob");
+    enter(&mut ada, "ada", "#r", &mut []);
+    enter(&mut bob, "bob", "#r", &mut [&mut ada]);
+    spoken(&mut ada, "ada", &mut [&mut bob]);
+    let (heard_tx, heard) = mpsc::channel();
+    let reader = std::thread::spawn(move || count_numbered_lines(bob, heard_tx));
+
+    // B stops reading its subscriber socket; ada floods the room until
+    // Redis logs that it dropped a client for its output buffer.
+    b.signal(libc::SIGSTOP);
+    let pad = "x".repeat(1000);
+    let mut sent: u64 = 0;
+    const LINES_PER_ROUND: u64 = 2_000;
+    const MAX_ROUNDS: u64 = 16;
+    let dropped = |redis: &RedisServer| redis.log().contains("overcoming of output buffer limits");
+    for _ in 0..MAX_ROUNDS {
+        for _ in 0..LINES_PER_ROUND {
+            ada.send(&format!("{sent} {pad}"));
+            sent += 1;
+        }
+        // Answered through A's command link, after the PUBLISHes before it.
+        ada.send("/rooms");
+        let rooms = answer(&mut ada);
+        assert!(rooms.starts_with("* rooms: "), "{rooms}");
+        if dropped(&redis) {
+            break;
+        }
+    }
+    assert!(
+        dropped(&redis),
+        "Redis kept the stopped subscriber after {sent} lines of 1 KB"
+    );
+    eprintln!("Redis dropped the stopped subscriber after {sent} lines");
+    b.signal(libc::SIGCONT);
+    b.wait_for_log(|line| line.contains("lost the Redis link"));
+    b.wait_for_log(|line| line.contains("joined the cluster"));
+
+    // Lines go on until bob hears one again: B is subscribed again, and
+    // the gap has been reported.
+    let first_probe = sent;
+    let start = Instant::now();
+    'probing: loop {
+        ada.send(&format!("{sent} probe"));
+        sent += 1;
+        let wait_until = Instant::now() + Duration::from_millis(200);
+        while let Ok(number) =
+            heard.recv_timeout(wait_until.saturating_duration_since(Instant::now()))
+        {
+            if number >= first_probe {
+                break 'probing;
+            }
+        }
+        assert!(start.elapsed() < common::PATIENCE, "bob hears nothing");
+    }
+    ada.send(&format!("{sent} end"));
+    sent += 1;
+    let counts = reader.join().expect("bob's reader");
+    eprintln!(
+        "{sent} lines sent: {} received, {} reported lost",
+        counts.received, counts.lost
+    );
+    assert!(counts.lost > 0, "nothing lost");
+    assert_eq!(counts.received + counts.lost, sent);
+    assert_bounded(&a);
+    assert_bounded(&b);
 }

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::keys::{Keys, CLAIM_NICK, REAP_LOST, RELEASE_NICK};
-use super::link::Reply;
+use super::link::{CommandLink, Reply};
 use super::wire::{
     encode_direct_header, encode_room_batch_header, DeliveryOutcome, DeliveryReport, Departed,
     DepartureCause, Envelope, Header, Message, NodeEvent, NodeId, Presence, ReceiptReport,
@@ -1044,6 +1044,24 @@ impl Cluster {
         self.requests.pop_front()
     }
 
+    /// Moves every queued request into `link`. A request the link refuses
+    /// (its output queue is at its cap: Redis or the network is not
+    /// keeping up) is dropped at once and settled as unanswered, never
+    /// held: a dropped room publication leaves a gap in this node's
+    /// numbering, which the receivers report as lines lost. Returns how
+    /// many were dropped.
+    pub fn send_requests(&mut self, link: &mut CommandLink<RequestId>) -> u64 {
+        let mut dropped = 0;
+        while let Some(request) = self.poll_request() {
+            let args: Vec<&[u8]> = request.args.iter().map(|a| a.as_ref()).collect();
+            if link.push_command(request.id, &args).is_err() {
+                dropped += 1;
+                self.on_unanswered(request.id);
+            }
+        }
+        dropped
+    }
+
     /// The next thing the chat must hear about.
     pub fn poll_event(&mut self) -> Option<ClusterEvent> {
         self.events.pop_front()
@@ -1837,6 +1855,71 @@ mod tests {
             .map(|e| e.header.seq)
             .collect();
         assert_eq!(seqs, vec![0, 3]);
+    }
+
+    #[test]
+    fn a_full_link_drops_publications_and_the_receivers_report_exactly_those_lines() {
+        use super::super::link::{LinkIo, LinkLimits};
+        let mut world = World::new();
+        let mut sender = world.node(2);
+        let mut receiver = world.node(1);
+        for (node, nick) in [(&mut sender, "ann"), (&mut receiver, "bob")] {
+            node.member_joined("#r", nick);
+            world.exchange(node);
+            node.on_subscribed(&node.keys().room_channel("#r"));
+            world.exchange(node);
+            World::events(node);
+        }
+        let cap = 4096;
+        let limits = LinkLimits {
+            max_output: cap,
+            max_input: 1 << 20,
+        };
+        let url = "redis://h".parse().expect("a URL");
+        let mut link: CommandLink<RequestId> = CommandLink::new(&url, limits);
+        // Redis reads nothing: the handshake and whatever fits stay queued.
+        let line = Bytes::from(format!("ann: {}\r\n", "x".repeat(200)));
+        let mut lines_dropped = 0;
+        for _ in 0..100 {
+            Peers::room_batch(&mut sender, "#r", &line, 1, &[]);
+            lines_dropped += sender.send_requests(&mut link);
+            assert!(link.output().len() <= cap, "{}", link.output().len());
+        }
+        assert!(lines_dropped > 80, "{lines_dropped}");
+        // The socket drains; the next line goes out behind the gap.
+        let queued = link.output().to_vec();
+        link.advance_output(queued.len());
+        Peers::room_batch(&mut sender, "#r", &line, 1, &[]);
+        assert_eq!(sender.send_requests(&mut link), 0);
+        let mut wire = queued;
+        wire.extend_from_slice(link.output());
+
+        // What reached Redis reaches the receiver, which counts the gap.
+        let channel = receiver.keys().room_channel("#r");
+        let mut received = 0;
+        let mut lost = 0;
+        let mut input = bytes::BytesMut::from(&wire[..]);
+        while let Ok(Some((frame, _, _))) =
+            redis_protocol::resp2::decode::decode_bytes_mut(&mut input)
+        {
+            let redis_protocol::resp2::types::BytesFrame::Array(args) = frame else {
+                continue;
+            };
+            let Some(redis_protocol::resp2::types::BytesFrame::BulkString(payload)) = args.get(2)
+            else {
+                continue;
+            };
+            receiver.on_message(&channel, payload);
+            for event in World::events(&mut receiver) {
+                match event {
+                    ClusterEvent::RemoteLines { .. } => received += 1,
+                    ClusterEvent::LinesLost { count, .. } => lost += count,
+                    _ => {}
+                }
+            }
+        }
+        assert_eq!(received + lines_dropped, 101);
+        assert_eq!(lost, lines_dropped);
     }
 
     #[test]

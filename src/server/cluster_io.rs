@@ -46,6 +46,9 @@ pub struct ClusterIo {
     more_to_read: bool,
     /// While connecting: when to give up.
     connect_deadline: Option<Instant>,
+    /// Commands refused by the link's full output queue, in all.
+    requests_dropped: u64,
+    queue_full_warnings: WarnThrottle,
 }
 
 impl ClusterIo {
@@ -66,6 +69,8 @@ impl ClusterIo {
             warnings: WarnThrottle::for_redis(),
             more_to_read: false,
             connect_deadline: None,
+            requests_dropped: 0,
+            queue_full_warnings: WarnThrottle::for_redis(),
         }
     }
 
@@ -172,10 +177,19 @@ impl ClusterIo {
         }
         if links.up {
             cluster.publish_presence();
-            while let Some(request) = cluster.poll_request() {
-                let args: Vec<&[u8]> = request.args.iter().map(|a| a.as_ref()).collect();
-                if links.command_link.push_command(request.id, &args).is_err() {
-                    cluster.on_unanswered(request.id);
+            let dropped = cluster.send_requests(&mut links.command_link);
+            if dropped > 0 {
+                self.requests_dropped += dropped;
+                if let Some(suppressed) = self.queue_full_warnings.allow(now) {
+                    warn!(
+                        "the Redis link's output queue is full: {} commands dropped so far{}",
+                        self.requests_dropped,
+                        if suppressed > 0 {
+                            format!(" ({suppressed} warnings held back)")
+                        } else {
+                            String::new()
+                        }
+                    );
                 }
             }
             while let Some(change) = cluster.poll_subscription() {

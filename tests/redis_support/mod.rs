@@ -225,3 +225,32 @@ fn answers_ping(addr: SocketAddr) -> bool {
         Err(_) => false,
     }
 }
+
+impl RedisServer {
+    /// Runs one command on a fresh connection and returns its reply's
+    /// text: a simple string, error or integer as written, a bulk string's
+    /// contents. For test set-up (`CONFIG SET`), not for the servers' data.
+    pub fn command(&self, args: &[&str]) -> String {
+        let mut stream = TcpStream::connect(self.addr()).expect("connect to Redis");
+        stream
+            .set_read_timeout(Some(STARTUP_PATIENCE))
+            .expect("read timeout");
+        let mut request = format!("*{}\r\n", args.len());
+        for arg in args {
+            request.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+        }
+        stream.write_all(request.as_bytes()).expect("send to Redis");
+        let mut reader = std::io::BufReader::new(stream);
+        let mut first = String::new();
+        std::io::BufRead::read_line(&mut reader, &mut first).expect("Redis reply");
+        let first = first.trim_end().to_string();
+        let Some(len) = first.strip_prefix('$') else {
+            return first;
+        };
+        let len: usize = len.parse().expect("bulk length");
+        let mut body = vec![0; len + 2];
+        reader.read_exact(&mut body).expect("bulk body");
+        body.truncate(len);
+        String::from_utf8(body).expect("UTF-8 reply")
+    }
+}
