@@ -2,12 +2,14 @@
 //! `redis-server`, clients on different servers. Every wait is on a line
 //! the server sends, never a sleep.
 
+mod cluster_support;
 mod common;
 mod redis_support;
 
 use std::net::{Ipv4Addr, TcpListener};
 
 use apollonion::cluster::url::RedisUrl;
+use cluster_support::{answer, claim, enter};
 use common::{Client, TestServer};
 use redis_support::RedisServer;
 
@@ -34,51 +36,11 @@ fn cluster(count: usize) -> Option<Cluster> {
     })
 }
 
-/// A client of `server` named `nick`. The name is claimed through Redis,
-/// so this also waits until the server has joined the cluster: until then
-/// a claim is answered at once as unanswered, and is tried again.
+/// A client of `server` named `nick` (see `claim`).
 fn member(server: &TestServer, nick: &str) -> Client {
     let (mut client, _) = server.join();
-    loop {
-        client.send(&format!("/nick {nick}"));
-        let line = answer(&mut client);
-        if line == format!("* you are now {nick}") {
-            return client;
-        }
-        assert_eq!(line, "! the other servers did not answer, try again");
-    }
-}
-
-/// The next line that is not a join, leave or rename notice: those come
-/// from every server, and one published before its server's subscription
-/// was confirmed goes out once it is, so it may arrive after later events
-/// (a join notice of someone already there when the reader came).
-fn answer(client: &mut Client) -> String {
-    loop {
-        let line = client.read_line().expect("an answer");
-        let notice = line.starts_with("* ")
-            && !line.starts_with("* you ")
-            && (line.contains(" joined #")
-                || line.contains(" left #")
-                || line.contains(" is now known as "));
-        if !notice {
-            return line;
-        }
-    }
-}
-
-/// Moves `joining` into `room`, and waits until everyone already there
-/// has seen it arrive, so the room spans their servers from now on.
-fn enter(joining: &mut Client, nick: &str, room: &str, already: &mut [&mut Client]) {
-    joining.send(&format!("/join {room}"));
-    let joined = answer(joining);
-    assert!(
-        joined.starts_with(&format!("* you joined {room} (")),
-        "{joined}"
-    );
-    for member in already.iter_mut() {
-        member.read_until(&format!("* {nick} joined {room}"));
-    }
+    claim(&mut client, nick);
+    client
 }
 
 #[test]

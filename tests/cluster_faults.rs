@@ -3,6 +3,7 @@
 //! on the same port). Every wait is on a line a server sends, never a
 //! sleep; every test stops by itself.
 
+mod cluster_support;
 mod common;
 mod daemon;
 mod redis_support;
@@ -10,6 +11,7 @@ mod redis_support;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use cluster_support::{answer, claim, enter};
 use common::Client;
 use daemon::Daemon;
 use redis_support::RedisServer;
@@ -54,47 +56,11 @@ fn patient_server(redis: &RedisServer, extra: &[&str]) -> Daemon {
     Daemon::start(&args)
 }
 
-/// A client named `nick`, claimed through Redis; a claim made before the
-/// server joined the cluster is answered as unanswered, and tried again.
+/// A client of `server` named `nick` (see `claim`).
 fn member(server: &Daemon, nick: &str) -> Client {
     let (mut client, _) = server.join();
-    loop {
-        client.send(&format!("/nick {nick}"));
-        let line = answer(&mut client);
-        if line == format!("* you are now {nick}") {
-            return client;
-        }
-        assert_eq!(line, "! the other servers did not answer, try again");
-    }
-}
-
-/// The next line that is not a join, leave or rename notice.
-fn answer(client: &mut Client) -> String {
-    loop {
-        let line = client.read_line().expect("an answer");
-        let notice = line.starts_with("* ")
-            && !line.starts_with("* you ")
-            && (line.contains(" joined #")
-                || line.contains(" left #")
-                || line.contains(" is now known as "));
-        if !notice {
-            return line;
-        }
-    }
-}
-
-/// Moves `joining` into `room` and waits until everyone already there saw
-/// it arrive, so the room spans their servers from now on.
-fn enter(joining: &mut Client, nick: &str, room: &str, already: &mut [&mut Client]) {
-    joining.send(&format!("/join {room}"));
-    let joined = answer(joining);
-    assert!(
-        joined.starts_with(&format!("* you joined {room} (")),
-        "{joined}"
-    );
-    for member in already.iter_mut() {
-        member.read_until(&format!("* {nick} joined {room}"));
-    }
+    claim(&mut client, nick);
+    client
 }
 
 /// Asks `/who` until the listing is `expected` (the servers re-register
