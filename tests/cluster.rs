@@ -272,3 +272,19 @@ fn servers_log_in_to_a_redis_that_wants_a_password() {
     bob.send("through AUTH and SELECT");
     assert_eq!(answer(&mut ann), "bob: through AUTH and SELECT");
 }
+
+#[test]
+fn guests_welcomed_the_moment_two_servers_start_get_different_numbers() {
+    // Each client connects as soon as its server listens, before the
+    // server has heard from Redis: it is welcomed once the server has
+    // guest numbers from the shared counter, never with a local guess
+    // that another server may hand out too.
+    for _ in 0..5 {
+        let Some(cluster) = cluster(2) else {
+            return;
+        };
+        let (_a, first) = cluster.servers[0].join();
+        let (_b, second) = cluster.servers[1].join();
+        assert_ne!(first, second, "both servers welcomed {first}");
+    }
+}

@@ -44,6 +44,9 @@ pub struct Acceptor {
     ready: bool,
     /// Out of descriptors: wait for a close or the retry timer.
     paused: bool,
+    /// Accepting waits for something else first (a cluster's first guest
+    /// numbers); unlike `paused`, no timer or close ends it.
+    held: bool,
     last_warning: Option<Instant>,
     /// Connections taken since start.
     accepted: u64,
@@ -80,6 +83,7 @@ impl Acceptor {
             local_addr,
             ready: true,
             paused: false,
+            held: false,
             last_warning: None,
             accepted: 0,
         })
@@ -99,7 +103,13 @@ impl Acceptor {
 
     /// Whether an accept now could take a connection.
     pub fn can_accept(&self) -> bool {
-        self.listener.is_some() && self.ready && !self.paused
+        self.listener.is_some() && self.ready && !self.paused && !self.held
+    }
+
+    /// Holds new connections in the kernel's backlog (`true`) or lets them
+    /// in again; readiness is remembered meanwhile.
+    pub fn hold(&mut self, held: bool) {
+        self.held = held;
     }
 
     /// A descriptor was freed, or the back-off passed: try again.

@@ -115,6 +115,9 @@ const READ_CHUNK: usize = 16 * 1024;
 const WRITE_BUDGET: usize = 256 * 1024;
 /// Connections accepted per loop turn, so a connect storm cannot starve
 /// clients already in.
+/// The longest a server in cluster mode keeps new connections in the
+/// backlog at start, waiting for its first guest numbers from Redis.
+const CLUSTER_ADMISSION_HOLD: Duration = Duration::from_secs(2);
 const ACCEPT_BUDGET: usize = 256;
 /// Descriptors the process needs besides clients: listener, poller, signal
 /// pipe, waker, standard streams.
@@ -165,6 +168,10 @@ pub struct Server {
     /// Alone when the peers are `None`.
     chat: Chat<Option<Cluster>>,
     cluster_io: Option<ClusterIo>,
+    /// In cluster mode, until the first guest numbers come from Redis (or
+    /// this passes): new connections wait in the backlog, so two servers
+    /// starting together never both welcome a `guest-1`.
+    cluster_admission_hold: Option<Instant>,
     rules: Rules,
     timers: Timers,
     shutdown: ShutdownState,
@@ -267,6 +274,9 @@ impl Server {
                 Instant::now(),
                 WRITE_BUDGET.max(2 * input::turn_input_budget(config.max_outbuf)),
             ),
+            cluster_admission_hold: cluster_io
+                .as_ref()
+                .and_then(|_| Instant::now().checked_add(CLUSTER_ADMISSION_HOLD)),
             chat: Chat::with_peers(chat_config(&config), cluster),
             cluster_io,
             rules,
@@ -336,6 +346,9 @@ impl Server {
         let mut events = Events::with_capacity(1024);
         loop {
             self.publish_stats();
+            // Before the timeout, so guest numbers that came in the last
+            // turn let waiting connections in without a wait.
+            self.hold_admissions_for_the_cluster(Instant::now());
             let timeout = self.poll_timeout(Instant::now());
             match self.poll.poll(&mut events, timeout) {
                 Ok(()) => {}
@@ -428,6 +441,25 @@ impl Server {
         }
     }
 
+    /// Lets connections in once the cluster has guest numbers, or once the
+    /// hold has passed (Redis unreachable at start: numbers are then local,
+    /// and a clash is renamed when the servers meet).
+    fn hold_admissions_for_the_cluster(&mut self, now: Instant) {
+        let Some(until) = self.cluster_admission_hold else {
+            return;
+        };
+        let stocked = self
+            .chat
+            .peers()
+            .as_ref()
+            .is_some_and(Cluster::has_guest_numbers);
+        let held = !stocked && now < until;
+        self.acceptor.hold(held);
+        if !held {
+            self.cluster_admission_hold = None;
+        }
+    }
+
     fn poll_timeout(&self, now: Instant) -> Option<Duration> {
         let metrics_work = self.metrics.as_ref().is_some_and(|m| m.has_work());
         if self.conns.has_work() || self.acceptor.can_accept() || metrics_work {
@@ -443,7 +475,11 @@ impl Server {
             }
             cluster_deadlines = [io.next_wakeup(), cluster.and_then(Cluster::next_wakeup)];
         }
-        let deadlines = [self.shutdown.poll_timeout(), self.telemetry_deadline()];
+        let deadlines = [
+            self.shutdown.poll_timeout(),
+            self.telemetry_deadline(),
+            self.cluster_admission_hold,
+        ];
         deadlines
             .into_iter()
             .chain(cluster_deadlines)
