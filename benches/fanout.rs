@@ -50,7 +50,7 @@ impl Outbox for Queues {
         }
     }
 
-    fn send_lines(&mut self, to: ClientId, lines: Bytes) {
+    fn send_lines(&mut self, to: ClientId, lines: Bytes, _count: u32) {
         self.send(to, lines, None);
     }
 

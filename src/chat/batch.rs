@@ -183,8 +183,8 @@ pub struct Block {
 
 /// One piece of the block meant for a recipient, in order.
 enum Piece {
-    /// Several untagged lines in one chunk.
-    Lines(Range<usize>),
+    /// Several untagged lines in one chunk, and how many.
+    Lines(Range<usize>, u32),
     /// One receipt-tagged line.
     Tagged(Range<usize>, ReceiptTag),
 }
@@ -224,11 +224,11 @@ impl Block {
         speakers.index(&self.segments);
         // What every member who said nothing gets, cut and copied once for
         // all of them. Without receipts it is the whole block in one slice.
-        let mut common: Vec<(Bytes, Option<ReceiptTag>)> = Vec::new();
+        let mut common: Vec<(Bytes, u32, Option<ReceiptTag>)> = Vec::new();
         self.pieces(&[], &speakers.tagged, |piece| {
             common.push(match piece {
-                Piece::Lines(range) => (self.share(range), None),
-                Piece::Tagged(range, tag) => (self.share(range), Some(tag)),
+                Piece::Lines(range, count) => (self.share(range), count, None),
+                Piece::Tagged(range, tag) => (self.share(range), 1, Some(tag)),
             });
         });
         let mut own = Vec::new();
@@ -241,9 +241,9 @@ impl Block {
                 });
                 continue;
             }
-            for (bytes, receipt) in &common {
+            for (bytes, count, receipt) in &common {
                 match receipt {
-                    None => out.send_lines(member, bytes.clone()),
+                    None => out.send_lines(member, bytes.clone(), *count),
                     Some(tag) => {
                         if out.send(member, bytes.clone(), Some(*tag)) == Sent::Skipped {
                             skipped.push(*tag);
@@ -264,7 +264,7 @@ impl Block {
         skipped: &mut Vec<ReceiptTag>,
     ) {
         match piece {
-            Piece::Lines(range) => out.send_lines(member, self.share(range)),
+            Piece::Lines(range, count) => out.send_lines(member, self.share(range), count),
             Piece::Tagged(range, tag) => {
                 if out.send(member, self.share(range), Some(tag)) == Sent::Skipped {
                     skipped.push(tag);
@@ -279,7 +279,7 @@ impl Block {
     /// their lengths, not to the block's lines.
     fn pieces(&self, own: &[u32], tagged: &[u32], mut emit: impl FnMut(Piece)) {
         let (mut own, mut tagged) = (own.iter().peekable(), tagged.iter().peekable());
-        let mut run_start = 0;
+        let (mut run_start, mut run_first_line) = (0, 0);
         loop {
             let (cut, is_own) = match (own.peek(), tagged.peek()) {
                 (None, None) => break,
@@ -301,15 +301,17 @@ impl Block {
             };
             let line = self.line(cut);
             if run_start < line.start {
-                emit(Piece::Lines(run_start..line.start));
+                let count = (cut - run_first_line) as u32;
+                emit(Piece::Lines(run_start..line.start, count));
             }
             if let (false, Some(tag)) = (is_own, self.segments[cut].receipt) {
                 emit(Piece::Tagged(line.clone(), tag));
             }
-            run_start = line.end;
+            (run_start, run_first_line) = (line.end, cut + 1);
         }
         if run_start < self.bytes.len() {
-            emit(Piece::Lines(run_start..self.bytes.len()));
+            let count = (self.segments.len() - run_first_line) as u32;
+            emit(Piece::Lines(run_start..self.bytes.len(), count));
         }
     }
 
@@ -354,7 +356,12 @@ mod tests {
             Sent::Queued
         }
 
-        fn send_lines(&mut self, to: ClientId, lines: Bytes) {
+        fn send_lines(&mut self, to: ClientId, lines: Bytes, count: u32) {
+            assert_eq!(
+                count,
+                crate::chat::count_lines(&lines),
+                "the count handed over is the chunk's"
+            );
             self.sent.push((to, lines.to_vec(), None));
         }
 
@@ -444,7 +451,7 @@ mod tests {
             Sent::Queued
         }
 
-        fn send_lines(&mut self, to: ClientId, lines: Bytes) {
+        fn send_lines(&mut self, to: ClientId, lines: Bytes, _count: u32) {
             self.sent.push((to, lines));
         }
 

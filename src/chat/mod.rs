@@ -50,11 +50,14 @@ pub trait Outbox {
     /// receipt tag must later be reported to [`Chat::on_written`] or
     /// [`Chat::on_dropped`] exactly once, unless it was skipped.
     fn send(&mut self, to: ClientId, line: Bytes, receipt: Option<ReceiptTag>) -> Sent;
-    /// Queues several complete lines, in order, in one chunk. A transport
+    /// Queues `count` complete lines, in order, in one chunk. A transport
     /// whose queue cannot take the whole chunk splits it at line ends and
     /// skips what does not fit, line by line. This default does exactly that
-    /// through `send`.
-    fn send_lines(&mut self, to: ClientId, lines: Bytes) {
+    /// through `send`. The chat knows `count` from how it built the chunk;
+    /// passing it saves every recipient a scan of the bytes, which with many
+    /// speakers (each getting its own cut of the turn) would cost speakers
+    /// times the turn's size.
+    fn send_lines(&mut self, to: ClientId, lines: Bytes, _count: u32) {
         for line in split_lines(lines) {
             self.send(to, line, None);
         }
@@ -69,6 +72,11 @@ pub trait Outbox {
     /// [`release_input`]: Outbox::release_input
     fn hold_input(&mut self, _to: ClientId) {}
     fn release_input(&mut self, _to: ClientId) {}
+}
+
+/// How many lines a chunk of complete lines holds.
+pub fn count_lines(chunk: &[u8]) -> u32 {
+    chunk.iter().filter(|&&byte| byte == b'\n').count() as u32
 }
 
 /// The lines of a chunk given to [`Outbox::send_lines`], each with its line
@@ -530,8 +538,9 @@ impl<P: Peers> Chat<P> {
         self.flush_room(out, room);
         let members = &self.rooms.get(room).members;
         if receipts.is_empty() {
+            let count = count_lines(&lines);
             for &member in members {
-                out.send_lines(member, lines.clone());
+                out.send_lines(member, lines.clone(), count);
             }
             return;
         }
@@ -543,20 +552,32 @@ impl<P: Peers> Chat<P> {
                 (tag, range.clone())
             })
             .collect();
+        // The same cuts for every member, counted once.
+        let mut pieces = Vec::with_capacity(2 * tagged.len() + 1);
+        let mut at = 0;
+        for (tag, range) in &tagged {
+            if range.start > at {
+                let untagged = lines.slice(at..range.start);
+                pieces.push((count_lines(&untagged), untagged, None));
+            }
+            pieces.push((1, lines.slice(range.clone()), Some(*tag)));
+            at = range.end;
+        }
+        if at < lines.len() {
+            let rest = lines.slice(at..);
+            pieces.push((count_lines(&rest), rest, None));
+        }
         let mut skipped = Vec::new();
         for &member in members {
-            let mut at = 0;
-            for (tag, range) in &tagged {
-                if range.start > at {
-                    out.send_lines(member, lines.slice(at..range.start));
+            for (count, piece, tag) in &pieces {
+                match tag {
+                    None => out.send_lines(member, piece.clone(), *count),
+                    Some(tag) => {
+                        if out.send(member, piece.clone(), Some(*tag)) == Sent::Skipped {
+                            skipped.push(*tag);
+                        }
+                    }
                 }
-                if out.send(member, lines.slice(range.clone()), Some(*tag)) == Sent::Skipped {
-                    skipped.push(*tag);
-                }
-                at = range.end;
-            }
-            if at < lines.len() {
-                out.send_lines(member, lines.slice(at..));
             }
         }
         if members.is_empty() {

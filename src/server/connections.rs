@@ -4,7 +4,7 @@
 //! The queued-bytes figure is kept here and only here: bytes enter through
 //! `enqueue`, leave through `write` or `remove`.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -13,6 +13,7 @@ use bytes::Bytes;
 use mio::net::TcpStream;
 use slab::Slab;
 
+use super::flush_list::FlushList;
 use super::out_queue::{Flushed, OutQueue};
 use super::session::{CloseCause, Phase, Session};
 use super::skip_warning::SkipWarnings;
@@ -88,8 +89,9 @@ pub struct Connections {
     slab: Slab<Connection>,
     /// Connections whose readiness has not been used up.
     read_list: Vec<usize>,
-    /// Connections with output queued this turn, flushed in that order.
-    flush_list: VecDeque<usize>,
+    /// Connections with output queued, flushed in that order, a slice
+    /// per turn.
+    flush_list: FlushList,
     /// Connections that spent their write budget: flushed first next turn.
     deferred_flush: Vec<usize>,
     /// Connections to close at the end of this turn.
@@ -118,9 +120,6 @@ pub struct Connections {
     /// for its disconnect line. Kept here rather than on every connection:
     /// only the ones closing have one.
     departed_nicks: HashMap<usize, Box<str>>,
-    /// The last multi-line chunk counted, and its line count (see
-    /// `count_lines`).
-    counted_chunk: Option<(Bytes, u32)>,
 }
 
 impl Connections {
@@ -128,7 +127,7 @@ impl Connections {
         Connections {
             slab: Slab::new(),
             read_list: Vec::new(),
-            flush_list: VecDeque::new(),
+            flush_list: FlushList::default(),
             deferred_flush: Vec::new(),
             close_list: Vec::new(),
             ignore_cap: false,
@@ -141,12 +140,12 @@ impl Connections {
             bytes_written: 0,
             skip_list: Vec::new(),
             departed_nicks: HashMap::new(),
-            counted_chunk: None,
         }
     }
 
     pub fn start_turn(&mut self, now: Instant) {
         self.now = now;
+        self.flush_list.start_turn();
         for key in std::mem::take(&mut self.deferred_flush) {
             if let Some(conn) = self.slab.get_mut(key) {
                 conn.write_deferred = false;
@@ -264,16 +263,16 @@ impl Connections {
         }
     }
 
-    /// The next connection to flush; it is off the list from now on, so
-    /// output queued for it later puts it back.
+    /// The next connection to flush this turn; it is off the list from now
+    /// on, so output queued for it later puts it back, behind the others.
     pub fn next_to_flush(&mut self) -> Option<usize> {
-        loop {
-            let key = self.flush_list.pop_front()?;
-            if let Some(conn) = self.slab.get_mut(key) {
-                conn.in_flush_list = false;
-                return Some(key);
-            }
-        }
+        let slab = &mut self.slab;
+        self.flush_list.next(|key| {
+            // A key whose connection closed while listed is stale; if a new
+            // connection took the key, it is listed in its own place.
+            slab.get_mut(key)
+                .is_some_and(|conn| std::mem::replace(&mut conn.in_flush_list, false))
+        })
     }
 
     pub fn schedule_close(&mut self, key: usize) {
@@ -392,27 +391,6 @@ impl Connections {
         self.enqueue(key, data, 0, None);
     }
 
-    /// Lines in a chunk about to be queued. A room's turn goes to every
-    /// quiet member as the same chunk, so it is counted once, not once per
-    /// member: holding the `Bytes` keeps the identity check exact, and
-    /// `forget_counted_chunk` lets it go at the end of the turn.
-    fn count_lines(&mut self, chunk: &Bytes) -> u32 {
-        if let Some((counted, lines)) = &self.counted_chunk {
-            if counted.as_ptr() == chunk.as_ptr() && counted.len() == chunk.len() {
-                return *lines;
-            }
-        }
-        let lines = chunk.iter().filter(|&&byte| byte == b'\n').count() as u32;
-        self.counted_chunk = Some((chunk.clone(), lines));
-        lines
-    }
-
-    /// Drops the chunk kept for counting, so it pins no block while the
-    /// loop sleeps.
-    pub fn forget_counted_chunk(&mut self) {
-        self.counted_chunk = None;
-    }
-
     /// Ends a connection now: it is closed at the end of this turn.
     pub fn kill(&mut self, key: usize, cause: CloseCause) {
         if let Some(conn) = self.slab.get_mut(key) {
@@ -429,10 +407,10 @@ impl Connections {
         }
     }
 
-    fn mark_for_flush(flush_list: &mut VecDeque<usize>, key: usize, conn: &mut Connection) {
+    fn mark_for_flush(flush_list: &mut FlushList, key: usize, conn: &mut Connection) {
         if !conn.in_flush_list {
             conn.in_flush_list = true;
-            flush_list.push_back(key);
+            flush_list.push(key);
         }
     }
 }
@@ -442,13 +420,12 @@ impl Outbox for Connections {
         self.enqueue(to.0, line, 1, receipt)
     }
 
-    fn send_lines(&mut self, to: ClientId, lines: Bytes) {
+    fn send_lines(&mut self, to: ClientId, lines: Bytes, count: u32) {
         let fits = self
             .slab
             .get(to.0)
             .is_some_and(|conn| self.ignore_cap || conn.out.has_room_for(lines.len()));
         if fits {
-            let count = self.count_lines(&lines);
             self.enqueue(to.0, lines, count, None);
             return;
         }

@@ -169,7 +169,6 @@ impl Server {
     /// systemd status when they are due.
     pub(super) fn finish_turn(&mut self, started: Instant) {
         let now = Instant::now();
-        self.conns.forget_counted_chunk();
         if self.telemetry.stats_line.is_some() {
             let (gauges, counters) = (self.gauges(), self.counters());
             if let Some(line) = self
