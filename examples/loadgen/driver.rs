@@ -218,6 +218,9 @@ pub struct Report {
     /// Opening every connection and getting every welcome/subscription.
     pub connect_time: Duration,
     pub latency: LatencySummary,
+    /// Receivers on another server than the senders' (with several
+    /// `--addr`): the lines that crossed between servers.
+    pub latency_across: Option<LatencySummary>,
 }
 
 impl Report {
@@ -477,6 +480,7 @@ impl Session {
         let d = &mut self.d;
         let start = Instant::now();
         d.flow.hist = Histogram::new();
+        d.flow.hist_across = Histogram::new();
         d.flow.deliveries = 0;
         d.flow.measure_start = Some(start);
         d.flow.measure_start_ns = d.flow.ns_since_epoch(start);
@@ -517,6 +521,7 @@ impl Session {
             elapsed: Duration::from_nanos(elapsed_ns.max(1)),
             connect_time: self.connect_time,
             latency: flow.hist.summary(),
+            latency_across: (flow.servers > 1).then(|| flow.hist_across.summary()),
         })
     }
 }
@@ -720,6 +725,11 @@ struct Flow {
     /// `r * s_count + s`.
     expect: Vec<u64>,
     hist: Histogram,
+    /// Receivers on other servers than the senders' only.
+    hist_across: Histogram,
+    /// Addresses the receivers are spread over; receiver `r` is on server
+    /// `r % servers`, the senders on server 0.
+    servers: usize,
     epoch: Instant,
     measure_start: Option<Instant>,
     measure_start_ns: u64,
@@ -796,7 +806,11 @@ impl Flow {
         self.all_deliveries += 1;
         if seq >= st.measure_from {
             self.deliveries += 1;
-            self.hist.record(now_ns.saturating_sub(ts));
+            let latency = now_ns.saturating_sub(ts);
+            self.hist.record(latency);
+            if !r.is_multiple_of(self.servers) {
+                self.hist_across.record(latency);
+            }
         }
         Ok(())
     }
@@ -978,6 +992,8 @@ impl Driver {
             senders,
             expect: vec![0; n * s],
             hist: Histogram::new(),
+            hist_across: Histogram::new(),
+            servers: 1 + addrs.len(),
             epoch,
             measure_start: None,
             measure_start_ns: 0,
@@ -2064,6 +2080,27 @@ mod tests {
         assert_eq!(unsent.kind, FailKind::Corrupt);
         let short = flow.deliver(0, &line(0, 1, 39), 10).unwrap_err();
         assert_eq!(short.kind, FailKind::Corrupt);
+    }
+
+    #[test]
+    fn with_several_servers_the_receivers_off_the_senders_server_are_timed_apart() {
+        let mut cfg = LoadConfig::new(Target::Apollonion, Target::Apollonion.default_addr());
+        cfg.receivers = 4;
+        cfg.more_addrs = vec!["127.0.0.1:1".parse().unwrap()];
+        let mut flow = Driver::new(Setup::Load(&cfg), Instant::now()).unwrap().flow;
+        flow.senders[0].next_seq = 1;
+        flow.senders[0].measure_from = 0;
+        // Receivers 0 and 2 share the senders' server, 1 and 3 do not.
+        for r in 0..4 {
+            flow.deliver(r, &line(0, 0, cfg.payload), 1_000_000 * (r as u64 + 2))
+                .unwrap();
+        }
+        assert_eq!(flow.hist.summary().samples, 4);
+        let across = flow.hist_across.summary();
+        assert_eq!(across.samples, 2);
+        assert!(across.max > Duration::from_millis(3), "{across:?}");
+        let alone = flow_for(2, 1, 40);
+        assert_eq!(alone.servers, 1);
     }
 
     #[test]

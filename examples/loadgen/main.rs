@@ -294,6 +294,15 @@ fn print_report(cfg: &LoadConfig, r: &Report) {
         micros(r.latency.max),
         r.latency.samples
     );
+    if let Some(across) = &r.latency_across {
+        println!(
+            "  across servers p50 {:.1} us, p99 {:.1} us, max {:.1} us ({} samples: receivers not on the senders' server)",
+            micros(across.p50),
+            micros(across.p99),
+            micros(across.max),
+            across.samples
+        );
+    }
     println!(
         "  result         {}",
         if r.passed() { "PASS" } else { "FAIL" }
@@ -339,7 +348,7 @@ fn report_json(r: &Report) -> String {
             "\"deliveries\":{},\"overheard\":{},\"elapsed_s\":{:.6},\"lines_per_sec\":{:.0},",
             "\"all_lines_per_sec\":{:.0},\"mb_per_sec\":{:.2},",
             "\"p50_us\":{:.1},\"p99_us\":{:.1},\"max_us\":{:.1},\"latency_samples\":{},",
-            "\"connect_s\":{:.3}}}"
+            "{}\"connect_s\":{:.3}}}"
         ),
         if r.passed() { "PASS" } else { "FAIL" },
         r.target.name(),
@@ -359,6 +368,13 @@ fn report_json(r: &Report) -> String {
         micros(r.latency.p99),
         micros(r.latency.max),
         r.latency.samples,
+        r.latency_across.as_ref().map_or_else(String::new, |across| format!(
+            "\"across_p50_us\":{:.1},\"across_p99_us\":{:.1},\"across_max_us\":{:.1},\"across_samples\":{},",
+            micros(across.p50),
+            micros(across.p99),
+            micros(across.max),
+            across.samples
+        )),
         r.connect_time.as_secs_f64(),
     )
 }
