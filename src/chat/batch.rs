@@ -164,6 +164,30 @@ impl Speakers {
     }
 }
 
+/// One piece cut once for many recipients: untagged lines with their count,
+/// or one receipt-tagged line (count 1).
+pub type SharedPiece = (Bytes, u32, Option<ReceiptTag>);
+
+/// Queues the same cut pieces for `member`, in order; a tagged line its
+/// queue cannot take goes to `skipped` (it counts as not delivered).
+pub fn send_shared(
+    out: &mut impl Outbox,
+    member: ClientId,
+    pieces: &[SharedPiece],
+    skipped: &mut Vec<ReceiptTag>,
+) {
+    for (bytes, count, receipt) in pieces {
+        match receipt {
+            None => out.send_lines(member, bytes.clone(), *count),
+            Some(tag) => {
+                if out.send(member, bytes.clone(), Some(*tag)) == Sent::Skipped {
+                    skipped.push(*tag);
+                }
+            }
+        }
+    }
+}
+
 /// A frozen turn of one room's lines.
 ///
 /// Memory invariant: every piece handed to the outbox either is a copy that
@@ -224,7 +248,7 @@ impl Block {
         speakers.index(&self.segments);
         // What every member who said nothing gets, cut and copied once for
         // all of them. Without receipts it is the whole block in one slice.
-        let mut common: Vec<(Bytes, u32, Option<ReceiptTag>)> = Vec::new();
+        let mut common: Vec<SharedPiece> = Vec::new();
         self.pieces(&[], &speakers.tagged, |piece| {
             common.push(match piece {
                 Piece::Lines(range, count) => (self.share(range), count, None),
@@ -241,16 +265,7 @@ impl Block {
                 });
                 continue;
             }
-            for (bytes, count, receipt) in &common {
-                match receipt {
-                    None => out.send_lines(member, bytes.clone(), *count),
-                    Some(tag) => {
-                        if out.send(member, bytes.clone(), Some(*tag)) == Sent::Skipped {
-                            skipped.push(*tag);
-                        }
-                    }
-                }
-            }
+            send_shared(out, member, &common, &mut skipped);
         }
         speakers.clear();
         skipped

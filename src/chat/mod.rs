@@ -19,7 +19,7 @@ use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::ops::Range;
 
-use batch::Speakers;
+use batch::{send_shared, SharedPiece, Speakers};
 use bytes::Bytes;
 use command::Command;
 pub use faults::RemoteDeparture;
@@ -553,32 +553,25 @@ impl<P: Peers> Chat<P> {
             })
             .collect();
         // The same cuts for every member, counted once.
-        let mut pieces = Vec::with_capacity(2 * tagged.len() + 1);
+        let mut pieces: Vec<SharedPiece> = Vec::with_capacity(2 * tagged.len() + 1);
         let mut at = 0;
         for (tag, range) in &tagged {
             if range.start > at {
                 let untagged = lines.slice(at..range.start);
-                pieces.push((count_lines(&untagged), untagged, None));
+                let count = count_lines(&untagged);
+                pieces.push((untagged, count, None));
             }
-            pieces.push((1, lines.slice(range.clone()), Some(*tag)));
+            pieces.push((lines.slice(range.clone()), 1, Some(*tag)));
             at = range.end;
         }
         if at < lines.len() {
             let rest = lines.slice(at..);
-            pieces.push((count_lines(&rest), rest, None));
+            let count = count_lines(&rest);
+            pieces.push((rest, count, None));
         }
         let mut skipped = Vec::new();
         for &member in members {
-            for (count, piece, tag) in &pieces {
-                match tag {
-                    None => out.send_lines(member, piece.clone(), *count),
-                    Some(tag) => {
-                        if out.send(member, piece.clone(), Some(*tag)) == Sent::Skipped {
-                            skipped.push(*tag);
-                        }
-                    }
-                }
-            }
+            send_shared(out, member, &pieces, &mut skipped);
         }
         if members.is_empty() {
             // Nobody here to wait for: this server's part is nothing.
