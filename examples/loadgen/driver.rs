@@ -729,6 +729,10 @@ struct Flow {
     hist: Histogram,
     /// Receivers on other servers than the senders' only.
     hist_across: Histogram,
+    /// Readers of each line: the receivers, and on Apollonion the other
+    /// senders too (they are room members), so the window also keeps a
+    /// slow-reading sender from being sent more than it can hold.
+    readers_per_line: u32,
     /// Addresses the receivers are spread over; receiver `r` is on server
     /// `r % servers`, the senders on server 0.
     servers: usize,
@@ -791,22 +795,12 @@ impl Flow {
             return Err(self.out_of_sequence(r, s, seq, want));
         }
         self.expect[slot] = want + 1;
-        let n = self.n as u32;
-        let st = &mut self.senders[s];
-        if seq >= st.next_seq {
+        if seq >= self.senders[s].next_seq {
             return Err(self.corrupt(r, payload, "sequence number never sent"));
         }
-        let cell = &mut st.ring[(seq & self.ring_mask) as usize];
-        *cell += 1;
-        // Receivers take each sender's lines in order, so no later line can
-        // be complete before this one: completion moves `done` by one.
-        if *cell == n {
-            *cell = 0;
-            st.done = seq + 1;
-            self.last_done_ns = now_ns;
-        }
+        self.one_more_reader(s, seq, now_ns);
         self.all_deliveries += 1;
-        if seq >= st.measure_from {
+        if seq >= self.senders[s].measure_from {
             self.deliveries += 1;
             let latency = now_ns.saturating_sub(ts);
             self.hist.record(latency);
@@ -817,20 +811,46 @@ impl Flow {
         Ok(())
     }
 
-    /// A sender received another sender's line: counted when measured.
-    /// Only its origin is read: overheard lines are counted, not checked,
-    /// and with many senders they are half of what the tool reads.
-    fn overhear(&mut self, payload: &[u8]) {
-        let Some((s, seq, _)) = parse_origin(payload) else {
-            return;
+    /// Line `seq` of sender `s` has reached one more of its readers. Every
+    /// reader takes each sender's lines in order, so no later line can be
+    /// complete before this one: completion moves `done` by one.
+    #[inline]
+    fn one_more_reader(&mut self, s: usize, seq: u64, now_ns: u64) {
+        let st = &mut self.senders[s];
+        let cell = &mut st.ring[(seq & self.ring_mask) as usize];
+        *cell += 1;
+        if *cell == self.readers_per_line {
+            *cell = 0;
+            st.done = seq + 1;
+            self.last_done_ns = now_ns;
+        }
+    }
+
+    /// Sender `listener` received another sender's line. It counts toward
+    /// that line's window (a sender is a reader too) and, when measured,
+    /// toward `overheard`. Only its origin is read: overheard lines are
+    /// counted, not checked for order, and with many senders they are half
+    /// of what the tool reads.
+    fn overhear(&mut self, listener: usize, payload: &[u8], now_ns: u64) -> Result<(), LoadError> {
+        let origin = parse_origin(payload)
+            .filter(|&(s, seq, _)| {
+                self.senders
+                    .get(s as usize)
+                    .is_some_and(|sender| seq < sender.next_seq && s as usize != listener)
+            })
+            .map(|(s, seq, _)| (s as usize, seq));
+        let Some((s, seq)) = origin else {
+            let shown = String::from_utf8_lossy(&payload[..payload.len().min(80)]).into_owned();
+            return Err(self.fail(
+                FailKind::Corrupt,
+                format!("sender {listener} overheard a line no other sender sent: {shown:?}"),
+            ));
         };
-        if self
-            .senders
-            .get(s as usize)
-            .is_some_and(|sender| seq >= sender.measure_from)
-        {
+        self.one_more_reader(s, seq, now_ns);
+        if seq >= self.senders[s].measure_from {
             self.overheard += 1;
         }
+        Ok(())
     }
 
     #[cold]
@@ -997,6 +1017,10 @@ impl Driver {
             expect: vec![0; n * s],
             hist: Histogram::new(),
             hist_across: Histogram::new(),
+            readers_per_line: match target {
+                Target::Apollonion => (n + s.saturating_sub(1)) as u32,
+                Target::Redis => n as u32,
+            },
             servers: 1 + addrs.len(),
             epoch,
             measure_start: None,
@@ -1548,15 +1572,19 @@ fn consume_lines(
         Role::Receiver(r) if *ready => Some(r),
         _ => None,
     };
-    let sender = matches!(role, Role::Sender(_)) && *ready;
+    let listener = match role {
+        Role::Sender(s) if *ready => Some(s),
+        _ => None,
+    };
     let mut pos = 0;
     while pos < data.len() {
         let rest = &data[pos..];
-        if receiver.is_some() || sender {
+        if receiver.is_some() || listener.is_some() {
             if let Some((start, end)) = chat_line_fast(rest, flow.payload) {
-                match receiver {
-                    Some(r) => flow.deliver(r, &rest[start..end], now_ns)?,
-                    None => flow.overhear(&rest[start..end]),
+                match (receiver, listener) {
+                    (Some(r), _) => flow.deliver(r, &rest[start..end], now_ns)?,
+                    (None, Some(s)) => flow.overhear(s, &rest[start..end], now_ns)?,
+                    (None, None) => {}
                 }
                 pos += end + 2;
                 continue;
@@ -1653,23 +1681,33 @@ fn apollonion_line(
         if line == b"* server shutting down" {
             return Err(flow.fail(FailKind::Disconnected, "the server is shutting down".into()));
         }
-        if let Role::Receiver(r) = role {
-            if contains(line, b" lines skipped") {
-                return Err(flow.fail(
-                    FailKind::Loss,
-                    format!("receiver {r}: the server said {:?}", text()),
-                ));
-            }
+        // A sender is a reader too: a line skipped for it never completes.
+        if matches!(role, Role::Receiver(_) | Role::Sender(_)) && contains(line, b" lines skipped")
+        {
+            return Err(flow.fail(
+                FailKind::Loss,
+                format!("{}: the server said {:?}", describe(role, 0), text()),
+            ));
         }
         return Ok(());
     }
-    let Role::Receiver(r) = role else {
-        // Senders and idle clients hear other people's chat: not counted.
-        return Ok(());
-    };
     if line.starts_with(b"(dm) ") {
         return Ok(());
     }
+    let r = match role {
+        Role::Receiver(r) => r,
+        Role::Sender(s) => {
+            // Another sender's line the fast path did not frame.
+            return match find_byte(line, b':') {
+                Some(colon) if line.get(colon + 1) == Some(&b' ') => {
+                    flow.overhear(s, &line[colon + 2..], now_ns)
+                }
+                _ => Ok(()),
+            };
+        }
+        // Idle clients hear other people's chat: not counted.
+        Role::Idle => return Ok(()),
+    };
     match find_byte(line, b':') {
         Some(colon) if line.get(colon + 1) == Some(&b' ') => {
             flow.deliver(r, &line[colon + 2..], now_ns)
@@ -2096,6 +2134,36 @@ mod tests {
         assert_eq!(unsent.kind, FailKind::Corrupt);
         let short = flow.deliver(0, &line(0, 1, 39), 10).unwrap_err();
         assert_eq!(short.kind, FailKind::Corrupt);
+    }
+
+    #[test]
+    fn on_apollonion_a_line_completes_once_the_other_senders_have_it_too() {
+        let mut flow = flow_for(1, 2, 40);
+        assert_eq!(flow.readers_per_line, 2, "the receiver and the other sender");
+        flow.senders[0].next_seq = 1;
+        flow.senders[0].measure_from = 0;
+        flow.deliver(0, &line(0, 0, 40), 10).unwrap();
+        assert_eq!(flow.senders[0].done, 0, "sender 1 has not read it yet");
+        flow.overhear(1, &line(0, 0, 40), 20).unwrap();
+        assert_eq!(flow.senders[0].done, 1);
+        assert_eq!(flow.overheard, 1);
+        let own = flow.overhear(0, &line(0, 0, 40), 30).unwrap_err();
+        assert_eq!(own.kind, FailKind::Corrupt, "nobody hears their own line");
+        let mut ready = true;
+        let skipped = consume_lines(
+            &mut flow,
+            Role::Sender(1),
+            &mut ready,
+            b"* 3 lines skipped, you were too slow to keep up\r\n",
+            40,
+        )
+        .unwrap_err();
+        assert_eq!(skipped.kind, FailKind::Loss, "a sender is a reader too");
+        let mut redis = LoadConfig::new(Target::Redis, Target::Redis.default_addr());
+        redis.receivers = 1;
+        redis.senders = 2;
+        let redis = Driver::new(Setup::Load(&redis), Instant::now()).unwrap().flow;
+        assert_eq!(redis.readers_per_line, 1, "Redis publishers do not subscribe");
     }
 
     #[test]

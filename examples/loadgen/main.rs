@@ -34,7 +34,9 @@ throughput mode (the default):
   --senders S                 sending connections (default 1)
   --payload BYTES             size of each line's text (default 64)
   --window W                  a sender stays at most W lines ahead of the
-                              slowest receiver of its lines (default 1000)
+                              slowest reader of its lines: the receivers,
+                              and on Apollonion the other senders, who are
+                              room members too (default 1000)
   --lines L                   measured lines per sender (default 100000)
   --duration SECS             send for this long instead of a line count
   --rate LINES_PER_SEC        per-sender send rate; 0 = as fast as the
