@@ -2139,7 +2139,10 @@ mod tests {
     #[test]
     fn on_apollonion_a_line_completes_once_the_other_senders_have_it_too() {
         let mut flow = flow_for(1, 2, 40);
-        assert_eq!(flow.readers_per_line, 2, "the receiver and the other sender");
+        assert_eq!(
+            flow.readers_per_line, 2,
+            "the receiver and the other sender"
+        );
         flow.senders[0].next_seq = 1;
         flow.senders[0].measure_from = 0;
         flow.deliver(0, &line(0, 0, 40), 10).unwrap();
@@ -2162,8 +2165,13 @@ mod tests {
         let mut redis = LoadConfig::new(Target::Redis, Target::Redis.default_addr());
         redis.receivers = 1;
         redis.senders = 2;
-        let redis = Driver::new(Setup::Load(&redis), Instant::now()).unwrap().flow;
-        assert_eq!(redis.readers_per_line, 1, "Redis publishers do not subscribe");
+        let redis = Driver::new(Setup::Load(&redis), Instant::now())
+            .unwrap()
+            .flow;
+        assert_eq!(
+            redis.readers_per_line, 1,
+            "Redis publishers do not subscribe"
+        );
     }
 
     #[test]

@@ -1,10 +1,9 @@
 //! The reactor: one `mio::Poll`, one thread, every socket.
 //!
 //! Each loop turn: collect readiness, accept, read and hand lines to the
-//! chat (which only queues output), flush a slice of the connections that
-//! got output (see `flush_list`), then close what must close. Closing last
-//! means a freed slab key can never receive a stale event from the same
-//! turn.
+//! chat (which only queues output), flush every connection that got output
+//! once, then close what must close. Closing last means a freed slab key can
+//! never receive a stale event from the same turn.
 
 mod acceptor;
 mod admission;
@@ -14,7 +13,6 @@ mod cluster_turn;
 mod connections;
 mod control;
 mod fd_limit;
-mod flush_list;
 mod input;
 mod metrics_endpoint;
 pub mod out_queue;
@@ -335,9 +333,9 @@ impl Server {
     /// poller itself fails.
     ///
     /// Each loop turn: collect readiness, accept, read and hand lines to the
-    /// chat (which only queues output), flush a slice of the connections
-    /// with output, then close what must close. Closing last means a freed
-    /// slab key can never receive a stale event from the same turn.
+    /// chat (which only queues output), flush every connection that got
+    /// output, then close what must close. Closing last means a freed slab
+    /// key can never receive a stale event from the same turn.
     pub fn run(mut self) -> io::Result<Stopped> {
         info!("listening on {}", self.local_addr());
         if let Some(addr) = self.metrics_addr() {
