@@ -2108,6 +2108,14 @@ mod tests {
         Driver::new(Setup::Load(&cfg), Instant::now()).unwrap().flow
     }
 
+    /// A flow whose sender 0 has sent `sent` lines, all measured.
+    fn measured_flow(receivers: usize, senders: usize, sent: u64) -> Flow {
+        let mut flow = flow_for(receivers, senders, 40);
+        flow.senders[0].next_seq = sent;
+        flow.senders[0].measure_from = 0;
+        flow
+    }
+
     fn line(s: u64, seq: u64, payload: usize) -> Vec<u8> {
         let mut out = Vec::new();
         assert!(encode_payload(&mut out, s, seq, 1, payload));
@@ -2116,9 +2124,7 @@ mod tests {
 
     #[test]
     fn deliveries_complete_lines_and_catch_gaps_and_repeats() {
-        let mut flow = flow_for(2, 1, 40);
-        flow.senders[0].next_seq = 3;
-        flow.senders[0].measure_from = 0;
+        let mut flow = measured_flow(2, 1, 3);
         flow.deliver(0, &line(0, 0, 40), 10).unwrap();
         assert_eq!(flow.senders[0].done, 0, "one of two receivers has it");
         flow.deliver(1, &line(0, 0, 40), 10).unwrap();
@@ -2138,13 +2144,11 @@ mod tests {
 
     #[test]
     fn on_apollonion_a_line_completes_once_the_other_senders_have_it_too() {
-        let mut flow = flow_for(1, 2, 40);
+        let mut flow = measured_flow(1, 2, 1);
         assert_eq!(
             flow.readers_per_line, 2,
             "the receiver and the other sender"
         );
-        flow.senders[0].next_seq = 1;
-        flow.senders[0].measure_from = 0;
         flow.deliver(0, &line(0, 0, 40), 10).unwrap();
         assert_eq!(flow.senders[0].done, 0, "sender 1 has not read it yet");
         flow.overhear(1, &line(0, 0, 40), 20).unwrap();
