@@ -115,6 +115,58 @@ fn a_fast_reader_gets_every_line_when_many_talk_at_once() {
     server.stop().unwrap();
 }
 
+/// Many readers that all keep up, so a long flush pass (301 connections
+/// with output, 64 written per turn), small lines and a 4 KiB cap: the
+/// reader is last in the room's order, so last in each pass. The input
+/// budget is per pass, so what reaches a reader between two of its writes
+/// stays within its cap; with a budget per turn, five turns' input would
+/// pile up for it before its write and it would lose lines.
+#[test]
+fn a_fast_reader_last_in_a_long_flush_pass_loses_nothing() {
+    let _machine = exclusive();
+    const TALKERS: usize = 300;
+    const LINES: usize = 4;
+    let defaults = Config::default();
+    let server = TestServer::start_with(|config| {
+        config.rate = defaults.rate;
+        config.burst = defaults.burst;
+        config.max_per_ip = 0;
+        config.max_line = 512;
+        config.max_outbuf = 4096;
+    });
+    // Every talker takes everything (a receive buffer bigger than all it
+    // will be sent), so every one stays in every pass.
+    let join_taking_everything = |rcvbuf: usize| {
+        let mut client = Client::from_stream(connect_socket(server.addr, None, Some(rcvbuf)));
+        client.expect_prefix("* welcome ");
+        client
+    };
+    let start = Arc::new(Barrier::new(TALKERS + 1));
+    let threads: Vec<_> = (0..TALKERS)
+        .map(|talker| {
+            let mut client = join_taking_everything(1 << 20);
+            let start = Arc::clone(&start);
+            let burst: String = (0..LINES)
+                .map(|seq| tagged_line(talker, seq, 200) + "\r\n")
+                .collect();
+            thread::spawn(move || {
+                start.wait();
+                client.send_raw(burst.as_bytes());
+                client
+            })
+        })
+        .collect();
+    let mut reader = join_taking_everything(4 << 20);
+    reader.send("/nick zz-reader");
+    reader.expect_line("* you are now zz-reader");
+    start.wait();
+    read_every_line(&mut reader, TALKERS * LINES);
+    let clients: Vec<Client> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    assert!(reader.drain().is_empty(), "the reader had more pending");
+    drop(clients);
+    server.stop().unwrap();
+}
+
 /// Issue 7, case 1's minimal form: a 16 KiB output cap, one talker sends
 /// five lines of 4,000 bytes in one write; an idle reader gets all five.
 #[test]

@@ -4,7 +4,7 @@
 //! The queued-bytes figure is kept here and only here: bytes enter through
 //! `enqueue`, leave through `write` or `remove`.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -13,6 +13,7 @@ use bytes::Bytes;
 use mio::net::TcpStream;
 use slab::Slab;
 
+use super::flush_list::FlushList;
 use super::out_queue::{Flushed, OutQueue};
 use super::session::{CloseCause, Phase, Session};
 use super::skip_warning::SkipWarnings;
@@ -88,8 +89,9 @@ pub struct Connections {
     slab: Slab<Connection>,
     /// Connections whose readiness has not been used up.
     read_list: Vec<usize>,
-    /// Connections with output queued this turn, flushed in that order.
-    flush_list: VecDeque<usize>,
+    /// Connections with output queued, flushed in that order, a slice
+    /// per turn.
+    flush_list: FlushList,
     /// Connections that spent their write budget: flushed first next turn.
     deferred_flush: Vec<usize>,
     /// Connections to close at the end of this turn.
@@ -125,7 +127,7 @@ impl Connections {
         Connections {
             slab: Slab::new(),
             read_list: Vec::new(),
-            flush_list: VecDeque::new(),
+            flush_list: FlushList::default(),
             deferred_flush: Vec::new(),
             close_list: Vec::new(),
             ignore_cap: false,
@@ -143,12 +145,19 @@ impl Connections {
 
     pub fn start_turn(&mut self, now: Instant) {
         self.now = now;
+        self.flush_list.start_turn();
         for key in std::mem::take(&mut self.deferred_flush) {
             if let Some(conn) = self.slab.get_mut(key) {
                 conn.write_deferred = false;
                 Self::mark_for_flush(&mut self.flush_list, key, conn);
             }
         }
+    }
+
+    /// Whether this turn began a new pass over the connections with output
+    /// (see `flush_list`).
+    pub fn flush_pass_began(&self) -> bool {
+        self.flush_list.pass_began()
     }
 
     pub fn lines_delivered(&self) -> u64 {
@@ -260,16 +269,16 @@ impl Connections {
         }
     }
 
-    /// The next connection to flush; it is off the list from now on, so
-    /// output queued for it later puts it back.
+    /// The next connection to flush this turn; it is off the list from now
+    /// on, so output queued for it later puts it back, behind the others.
     pub fn next_to_flush(&mut self) -> Option<usize> {
-        loop {
-            let key = self.flush_list.pop_front()?;
-            if let Some(conn) = self.slab.get_mut(key) {
-                conn.in_flush_list = false;
-                return Some(key);
-            }
-        }
+        let slab = &mut self.slab;
+        self.flush_list.next(|key| {
+            // A key whose connection closed while listed is stale; if a new
+            // connection took the key, it is listed in its own place.
+            slab.get_mut(key)
+                .is_some_and(|conn| std::mem::replace(&mut conn.in_flush_list, false))
+        })
     }
 
     pub fn schedule_close(&mut self, key: usize) {
@@ -404,10 +413,10 @@ impl Connections {
         }
     }
 
-    fn mark_for_flush(flush_list: &mut VecDeque<usize>, key: usize, conn: &mut Connection) {
+    fn mark_for_flush(flush_list: &mut FlushList, key: usize, conn: &mut Connection) {
         if !conn.in_flush_list {
             conn.in_flush_list = true;
-            flush_list.push_back(key);
+            flush_list.push(key);
         }
     }
 }

@@ -2,18 +2,18 @@
 //! decoded event at a time, within the turn's budget, and handing it to
 //! the chat.
 //!
-//! Why a budget for the whole turn. Nothing is written before the turn's
-//! input is handled, and the output cap (`--max-outbuf`) judges what a
-//! reader has queued. If a turn took everything every talker had sent, a
-//! reader's share of that one turn could pass the cap before a single byte
-//! had a chance to leave, and a reader as fast as loopback would lose lines.
-//! So a turn hands the chat at most a quarter of `--max-outbuf` of line
-//! bytes (each counted with the most a server line adds to it), plus the one
-//! line that passes the mark; then the chat's batches are handed out and
-//! written before any more input is taken. A reader that keeps up is then
-//! never more than a turn's output behind, which stays well under its cap;
-//! only a reader that has fallen three quarters of the cap behind loses
-//! lines. Connections are served one event each in turn, so every talker
+//! Why a budget, and why per pass. The output cap (`--max-outbuf`) judges
+//! what a reader has queued, and a reader is written once per pass over the
+//! connections with output, which may take many turns (see `flush_list`).
+//! If input were taken without bound, a reader's share could pass the cap
+//! before its turn to be written came, and a reader as fast as loopback
+//! would lose lines. So a pass hands the chat at most a quarter of
+//! `--max-outbuf` of line bytes (each counted with the most a server line
+//! adds to it), plus the one line that passes the mark; the budget is
+//! refilled only when a new pass begins. Between two writes of one reader
+//! lie the end of one pass and the start of the next, so a reader that
+//! keeps up is never more than half its cap behind; only a reader that has
+//! fallen well behind loses lines. Connections are served one event each in turn, so every talker
 //! gets its share of the budget whatever the others send, and those left
 //! over keep their place at the head of the next turn.
 
@@ -40,14 +40,17 @@ enum Served {
     Later,
 }
 
-/// Line bytes one turn may hand the chat: a quarter of the output cap.
-pub(super) fn turn_input_budget(max_outbuf: usize) -> usize {
+/// Line bytes one pass may hand the chat: a quarter of the output cap.
+pub(super) fn pass_input_budget(max_outbuf: usize) -> usize {
     (max_outbuf / 4).max(1)
 }
 
 impl Server {
     pub(super) fn read_connections(&mut self, now: Instant) {
-        let mut budget = turn_input_budget(self.max_outbuf);
+        if self.conns.flush_pass_began() {
+            self.input_budget = pass_input_budget(self.max_outbuf);
+        }
+        let mut budget = self.input_budget;
         let mut ready: VecDeque<(usize, usize)> = self
             .conns
             .take_read_list()
@@ -73,6 +76,7 @@ impl Server {
                 }
             }
         }
+        self.input_budget = budget;
     }
 
     /// Hands the connection's next decoded event to the chat, reading the

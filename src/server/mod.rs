@@ -1,9 +1,10 @@
 //! The reactor: one `mio::Poll`, one thread, every socket.
 //!
 //! Each loop turn: collect readiness, accept, read and hand lines to the
-//! chat (which only queues output), flush every connection that got output
-//! once, then close what must close. Closing last means a freed slab key can
-//! never receive a stale event from the same turn.
+//! chat (which only queues output), flush a slice of the connections that
+//! got output (see `flush_list`), then close what must close. Closing last
+//! means a freed slab key can never receive a stale event from the same
+//! turn.
 
 mod acceptor;
 mod admission;
@@ -13,6 +14,7 @@ mod cluster_turn;
 mod connections;
 mod control;
 mod fd_limit;
+mod flush_list;
 mod input;
 mod metrics_endpoint;
 pub mod out_queue;
@@ -181,6 +183,9 @@ pub struct Server {
     /// Limits the start-up check compares with the descriptor limit.
     wanted_descriptors: u64,
     max_outbuf: usize,
+    /// Line bytes the chat may still be handed in this flush pass (see
+    /// `input`).
+    input_budget: usize,
     /// `SO_SNDBUF` for client sockets; 0 leaves the kernel's default.
     sndbuf: usize,
     scratch: Box<[u8]>,
@@ -272,7 +277,7 @@ impl Server {
             acceptor,
             conns: Connections::new(
                 Instant::now(),
-                WRITE_BUDGET.max(2 * input::turn_input_budget(config.max_outbuf)),
+                WRITE_BUDGET.max(2 * input::pass_input_budget(config.max_outbuf)),
             ),
             cluster_admission_hold: cluster_io
                 .as_ref()
@@ -288,6 +293,7 @@ impl Server {
                 + RESERVED_DESCRIPTORS
                 + metrics_descriptors,
             max_outbuf: config.max_outbuf,
+            input_budget: input::pass_input_budget(config.max_outbuf),
             sndbuf: config.sndbuf,
             scratch: vec![0; READ_CHUNK].into_boxed_slice(),
             published: None,
@@ -333,9 +339,9 @@ impl Server {
     /// poller itself fails.
     ///
     /// Each loop turn: collect readiness, accept, read and hand lines to the
-    /// chat (which only queues output), flush every connection that got
-    /// output, then close what must close. Closing last means a freed slab
-    /// key can never receive a stale event from the same turn.
+    /// chat (which only queues output), flush a slice of the connections
+    /// with output, then close what must close. Closing last means a freed
+    /// slab key can never receive a stale event from the same turn.
     pub fn run(mut self) -> io::Result<Stopped> {
         info!("listening on {}", self.local_addr());
         if let Some(addr) = self.metrics_addr() {

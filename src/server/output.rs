@@ -1,4 +1,4 @@
-//! Writing: flushing every connection that got output this turn, poll
+//! Writing: flushing a slice of the connections with output each turn, poll
 //! interest for queues that cannot drain, receipts and skip notices.
 
 use log::{debug, warn};
@@ -10,15 +10,15 @@ use super::{Server, Source};
 use crate::chat::{ClientId, ReceiptTag};
 
 impl Server {
-    /// Flushes until no connection has output queued this turn.
+    /// Flushes this turn's slice of the flush list (see `flush_list`); the
+    /// rest keeps its order for the next turns, which start at once.
     ///
     /// Flushing reports receipts and skip counts to the chat, which answers
     /// by queueing notices, and those put their connection back on the flush
-    /// list; the loop takes them in the same turn. It ends because what the
-    /// chat queues from `on_written`, `on_lines_skipped` and `on_disconnect`
-    /// carries no receipt tag (notices, leave lines, a welcome): writing it
-    /// reports nothing further. So each connection is flushed at most a few
-    /// times per turn, the second time only for the notices of the first.
+    /// list, behind the others. That ends: what the chat queues from
+    /// `on_written`, `on_lines_skipped` and `on_disconnect` carries no
+    /// receipt tag (notices, leave lines, a welcome), so writing it reports
+    /// nothing further.
     pub(super) fn flush_connections(&mut self) {
         let mut written = Vec::new();
         while let Some(key) = self.conns.next_to_flush() {
