@@ -77,8 +77,6 @@ fn read_every_line(reader: &mut Client, expected: usize) {
 #[test]
 fn a_fast_reader_gets_every_line_when_many_talk_at_once() {
     let _machine = exclusive();
-    const TALKERS: usize = 60;
-    const LINES: usize = 16;
     let defaults = Config::default();
     let server = TestServer::start_with(|config| {
         config.rate = defaults.rate;
@@ -90,28 +88,8 @@ fn a_fast_reader_gets_every_line_when_many_talk_at_once() {
     // more for it in one go than its cap, before writing any of it.
     let mut reader = Client::from_stream(connect_socket(server.addr, None, Some(4 << 20)));
     reader.expect_prefix("* welcome ");
-    let start = Arc::new(Barrier::new(TALKERS + 1));
-    let talkers: Vec<_> = (0..TALKERS)
-        .map(|talker| {
-            let (mut client, _) = server.join();
-            let start = Arc::clone(&start);
-            let burst: String = (0..LINES)
-                .map(|seq| tagged_line(talker, seq, 4000) + "\r\n")
-                .collect();
-            thread::spawn(move || {
-                start.wait();
-                client.send_raw(burst.as_bytes());
-                // Kept open until the reader is done: a hang-up would be a
-                // leave notice, and this is about lines.
-                client
-            })
-        })
-        .collect();
-    start.wait();
-    read_every_line(&mut reader, TALKERS * LINES);
-    let talkers: Vec<Client> = talkers.into_iter().map(|t| t.join().unwrap()).collect();
-    assert!(reader.drain().is_empty(), "the reader had more pending");
-    drop(talkers);
+    let talkers = (0..60).map(|_| server.join().0).collect();
+    all_talk_at_once(talkers, 16, 4000, &mut reader);
     server.stop().unwrap();
 }
 
@@ -124,8 +102,6 @@ fn a_fast_reader_gets_every_line_when_many_talk_at_once() {
 #[test]
 fn a_fast_reader_last_in_a_long_flush_pass_loses_nothing() {
     let _machine = exclusive();
-    const TALKERS: usize = 300;
-    const LINES: usize = 4;
     let defaults = Config::default();
     let server = TestServer::start_with(|config| {
         config.rate = defaults.rate;
@@ -141,13 +117,28 @@ fn a_fast_reader_last_in_a_long_flush_pass_loses_nothing() {
         client.expect_prefix("* welcome ");
         client
     };
-    let start = Arc::new(Barrier::new(TALKERS + 1));
-    let threads: Vec<_> = (0..TALKERS)
-        .map(|talker| {
-            let mut client = join_taking_everything(1 << 20);
+    let talkers = (0..300).map(|_| join_taking_everything(1 << 20)).collect();
+    let mut reader = join_taking_everything(4 << 20);
+    reader.send("/nick zz-reader");
+    reader.expect_line("* you are now zz-reader");
+    all_talk_at_once(talkers, 4, 200, &mut reader);
+    server.stop().unwrap();
+}
+
+/// Each talker sends `lines` lines of `line_len` bytes in one write, all at
+/// the same moment; `reader` must get every line in each talker's order,
+/// with no skip. The talkers are kept open until then: a hang-up would be a
+/// leave notice, and this is about lines.
+fn all_talk_at_once(talkers: Vec<Client>, lines: usize, line_len: usize, reader: &mut Client) {
+    let count = talkers.len();
+    let start = Arc::new(Barrier::new(count + 1));
+    let threads: Vec<_> = talkers
+        .into_iter()
+        .enumerate()
+        .map(|(talker, mut client)| {
             let start = Arc::clone(&start);
-            let burst: String = (0..LINES)
-                .map(|seq| tagged_line(talker, seq, 200) + "\r\n")
+            let burst: String = (0..lines)
+                .map(|seq| tagged_line(talker, seq, line_len) + "\r\n")
                 .collect();
             thread::spawn(move || {
                 start.wait();
@@ -156,15 +147,11 @@ fn a_fast_reader_last_in_a_long_flush_pass_loses_nothing() {
             })
         })
         .collect();
-    let mut reader = join_taking_everything(4 << 20);
-    reader.send("/nick zz-reader");
-    reader.expect_line("* you are now zz-reader");
     start.wait();
-    read_every_line(&mut reader, TALKERS * LINES);
-    let clients: Vec<Client> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    read_every_line(reader, count * lines);
+    let talkers: Vec<Client> = threads.into_iter().map(|t| t.join().unwrap()).collect();
     assert!(reader.drain().is_empty(), "the reader had more pending");
-    drop(clients);
-    server.stop().unwrap();
+    drop(talkers);
 }
 
 /// Issue 7, case 1's minimal form: a 16 KiB output cap, one talker sends
