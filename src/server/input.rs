@@ -1,6 +1,6 @@
 //! Reading: taking input from the ready connections in round robin, one
-//! decoded event at a time, within the turn's budget, and handing it to
-//! the chat.
+//! decoded event at a time, within the flush pass's budget, and handing it
+//! to the chat.
 //!
 //! Why a budget, and why per pass. The output cap (`--max-outbuf`) judges
 //! what a reader has queued, and a reader is written once per pass over the
@@ -13,9 +13,10 @@
 //! refilled only when a new pass begins. Between two writes of one reader
 //! lie the end of one pass and the start of the next, so a reader that
 //! keeps up is never more than half its cap behind; only a reader that has
-//! fallen well behind loses lines. Connections are served one event each in turn, so every talker
-//! gets its share of the budget whatever the others send, and those left
-//! over keep their place at the head of the next turn.
+//! fallen well behind loses lines. Connections are served one event each
+//! in turn, so every talker gets its share of the budget whatever the
+//! others send, and those left over keep their place at the head of the
+//! next turn that takes input.
 
 use std::collections::VecDeque;
 use std::io::{self, Read};
