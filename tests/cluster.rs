@@ -9,7 +9,7 @@ mod redis_support;
 use std::net::{Ipv4Addr, TcpListener};
 
 use apollonion::cluster::url::RedisUrl;
-use cluster_support::{answer, claim, enter};
+use cluster_support::{answer, claim, enter, gather};
 use common::{Client, TestServer};
 use redis_support::RedisServer;
 
@@ -52,9 +52,10 @@ fn a_line_said_on_one_server_reaches_the_room_on_the_others_and_not_the_speaker(
     let mut ann = member(a, "ann");
     let mut bob = member(b, "bob");
     let mut cat = member(c, "cat");
-    enter(&mut ann, "ann", "#t", &mut []);
-    enter(&mut bob, "bob", "#t", &mut [&mut ann]);
-    enter(&mut cat, "cat", "#t", &mut [&mut ann, &mut bob]);
+    gather(
+        "#t",
+        &mut [(&mut ann, "ann"), (&mut bob, "bob"), (&mut cat, "cat")],
+    );
 
     ann.send("hello from A");
     ann.send("/me waves");
@@ -101,8 +102,7 @@ fn who_and_rooms_list_the_members_of_every_server() {
     let Some(cluster) = cluster(2) else { return };
     let mut ann = member(&cluster.servers[0], "ann");
     let mut bob = member(&cluster.servers[1], "bob");
-    enter(&mut ann, "ann", "#both", &mut []);
-    enter(&mut bob, "bob", "#both", &mut [&mut ann]);
+    gather("#both", &mut [(&mut ann, "ann"), (&mut bob, "bob")]);
     ann.send("/who");
     assert_eq!(answer(&mut ann), "* in #both: ann, bob");
     bob.send("/who");
@@ -123,8 +123,7 @@ fn a_join_counts_the_members_of_every_server() {
     let Some(cluster) = cluster(2) else { return };
     let mut ann = member(&cluster.servers[0], "ann");
     let mut bob = member(&cluster.servers[1], "bob");
-    enter(&mut ann, "ann", "#k", &mut []);
-    enter(&mut bob, "bob", "#k", &mut [&mut ann]);
+    gather("#k", &mut [(&mut ann, "ann"), (&mut bob, "bob")]);
     // Bob's arrival reached ann, so A knows B's count; a third member on A
     // hears of both.
     let mut cy = member(&cluster.servers[0], "cy");
@@ -152,8 +151,7 @@ fn a_thousand_lines_from_one_sender_arrive_in_order_on_the_other_server() {
     let Some(cluster) = cluster(2) else { return };
     let mut ann = member(&cluster.servers[0], "ann");
     let mut bob = member(&cluster.servers[1], "bob");
-    enter(&mut ann, "ann", "#flood", &mut []);
-    enter(&mut bob, "bob", "#flood", &mut [&mut ann]);
+    gather("#flood", &mut [(&mut ann, "ann"), (&mut bob, "bob")]);
     let lines: String = (0..1000).map(|n| format!("line {n}\r\n")).collect();
     ann.send_raw(lines.as_bytes());
     for n in 0..1000 {
@@ -190,10 +188,15 @@ fn a_receipt_counts_the_recipients_of_every_server() {
     let mut bob = member(b, "bob");
     let mut bea = member(b, "bea");
     let mut cy = member(a, "cy");
-    enter(&mut ann, "ann", "#r", &mut []);
-    enter(&mut bob, "bob", "#r", &mut [&mut ann]);
-    enter(&mut bea, "bea", "#r", &mut [&mut ann, &mut bob]);
-    enter(&mut cy, "cy", "#r", &mut [&mut ann, &mut bob, &mut bea]);
+    gather(
+        "#r",
+        &mut [
+            (&mut ann, "ann"),
+            (&mut bob, "bob"),
+            (&mut bea, "bea"),
+            (&mut cy, "cy"),
+        ],
+    );
     ann.send("/receipts on");
     assert_eq!(answer(&mut ann), "* receipts on");
     ann.send("counted");
@@ -213,8 +216,7 @@ fn a_direct_message_is_not_overtaken_by_the_senders_next_line() {
     let Some(cluster) = cluster(2) else { return };
     let mut ann = member(&cluster.servers[0], "ann");
     let mut bob = member(&cluster.servers[1], "bob");
-    enter(&mut ann, "ann", "#o", &mut []);
-    enter(&mut bob, "bob", "#o", &mut [&mut ann]);
+    gather("#o", &mut [(&mut ann, "ann"), (&mut bob, "bob")]);
     // One write: the room line must wait for the lookup of bob's server.
     ann.send_raw(b"/msg bob first\r\nsecond\r\n");
     assert_eq!(answer(&mut bob), "(dm) ann: first");
@@ -267,8 +269,7 @@ fn servers_log_in_to_a_redis_that_wants_a_password() {
         .collect();
     let mut ann = member(&servers[0], "ann");
     let mut bob = member(&servers[1], "bob");
-    enter(&mut ann, "ann", "#auth", &mut []);
-    enter(&mut bob, "bob", "#auth", &mut [&mut ann]);
+    gather("#auth", &mut [(&mut ann, "ann"), (&mut bob, "bob")]);
     bob.send("through AUTH and SELECT");
     assert_eq!(answer(&mut ann), "bob: through AUTH and SELECT");
 }

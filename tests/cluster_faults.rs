@@ -11,7 +11,7 @@ mod redis_support;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use cluster_support::{answer, claim, enter};
+use cluster_support::{answer, claim, enter, gather};
 use common::Client;
 use daemon::Daemon;
 use redis_support::RedisServer;
@@ -108,9 +108,10 @@ fn a_killed_server_s_users_leave_the_rooms_elsewhere_and_free_their_names() {
     let mut ada = member(&a, "ada");
     let mut bob = member(&b, "bob");
     let mut cat = member(&c, "cat");
-    enter(&mut ada, "ada", "#r", &mut []);
-    enter(&mut bob, "bob", "#r", &mut [&mut ada]);
-    enter(&mut cat, "cat", "#r", &mut [&mut ada, &mut bob]);
+    gather(
+        "#r",
+        &mut [(&mut ada, "ada"), (&mut bob, "bob"), (&mut cat, "cat")],
+    );
 
     a.signal(libc::SIGKILL);
     let killed = Instant::now();
@@ -138,8 +139,7 @@ fn an_orderly_shutdown_announces_its_users_leaves_and_frees_their_names_at_once(
     let b = server(&redis);
     let mut ada = member(&a, "ada");
     let mut bob = member(&b, "bob");
-    enter(&mut ada, "ada", "#r", &mut []);
-    enter(&mut bob, "bob", "#r", &mut [&mut ada]);
+    gather("#r", &mut [(&mut ada, "ada"), (&mut bob, "bob")]);
 
     a.signal(libc::SIGTERM);
     ada.read_until("* server shutting down");
@@ -162,9 +162,10 @@ fn redis_going_away_keeps_local_chat_and_tells_the_rooms_then_all_comes_back() {
     let mut ada = member(&a, "ada");
     let mut amy = member(&a, "amy");
     let mut bob = member(&b, "bob");
-    enter(&mut ada, "ada", "#r", &mut []);
-    enter(&mut amy, "amy", "#r", &mut [&mut ada]);
-    enter(&mut bob, "bob", "#r", &mut [&mut ada, &mut amy]);
+    gather(
+        "#r",
+        &mut [(&mut ada, "ada"), (&mut amy, "amy"), (&mut bob, "bob")],
+    );
     spoken(&mut ada, "ada", &mut [&mut amy, &mut bob]);
 
     redis.stop();
@@ -207,9 +208,10 @@ fn a_server_cut_off_past_the_node_timeout_rejoins_and_its_taken_name_is_renamed(
     let mut ada = member(&a, "ada");
     let mut amy = member(&a, "amy");
     let mut bob = member(&b, "bob");
-    enter(&mut ada, "ada", "#r", &mut []);
-    enter(&mut amy, "amy", "#r", &mut [&mut ada]);
-    enter(&mut bob, "bob", "#r", &mut [&mut ada, &mut amy]);
+    gather(
+        "#r",
+        &mut [(&mut ada, "ada"), (&mut amy, "amy"), (&mut bob, "bob")],
+    );
 
     a.signal(libc::SIGSTOP);
     bob.read_until("* ada left #r (lost server)");
@@ -244,9 +246,10 @@ fn a_receipt_waiting_on_a_server_that_never_reports_is_settled_after_5_s() {
     let mut ada = member(&a, "ada");
     let mut bob = member(&b, "bob");
     let mut cat = member(&c, "cat");
-    enter(&mut ada, "ada", "#r", &mut []);
-    enter(&mut bob, "bob", "#r", &mut [&mut ada]);
-    enter(&mut cat, "cat", "#r", &mut [&mut ada, &mut bob]);
+    gather(
+        "#r",
+        &mut [(&mut ada, "ada"), (&mut bob, "bob"), (&mut cat, "cat")],
+    );
     ada.send("/receipts on");
     assert_eq!(answer(&mut ada), "* receipts on");
 
@@ -365,8 +368,7 @@ fn redis_dropping_a_slow_subscriber_is_reported_as_the_exact_number_of_lines_los
     let b = patient_server(&redis, &["--max-outbuf", "268435456"]);
     let mut ada = member(&a, "ada");
     let mut bob = member(&b, "bob");
-    enter(&mut ada, "ada", "#r", &mut []);
-    enter(&mut bob, "bob", "#r", &mut [&mut ada]);
+    gather("#r", &mut [(&mut ada, "ada"), (&mut bob, "bob")]);
     spoken(&mut ada, "ada", &mut [&mut bob]);
     let (heard_tx, heard) = mpsc::channel();
     let reader = std::thread::spawn(move || count_numbered_lines(bob, heard_tx));

@@ -50,3 +50,17 @@ pub fn enter(joining: &mut Client, nick: &str, room: &str, already: &mut [&mut C
         member.read_until(&format!("* {nick} joined {room}"));
     }
 }
+
+/// Moves each of `members` into `room` in turn, each announced to the ones
+/// before it (see `enter`).
+pub fn gather(room: &str, members: &mut [(&mut Client, &str)]) {
+    for at in 0..members.len() {
+        let (earlier, rest) = members.split_at_mut(at);
+        let (joining, nick) = &mut rest[0];
+        let mut already: Vec<&mut Client> = earlier
+            .iter_mut()
+            .map(|(client, _)| &mut **client)
+            .collect();
+        enter(joining, nick, room, &mut already);
+    }
+}
