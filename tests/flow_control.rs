@@ -71,18 +71,25 @@ fn read_every_line(reader: &mut Client, expected: usize) {
     }
 }
 
+/// A server with the daemon's default rate limit, burst and per-address
+/// cap (the test server lifts the limit and the cap), then `configure`.
+fn with_default_limits(configure: impl FnOnce(&mut Config)) -> TestServer {
+    let defaults = Config::default();
+    TestServer::start_with(|config| {
+        config.rate = defaults.rate;
+        config.burst = defaults.burst;
+        config.max_per_ip = defaults.max_per_ip;
+        configure(config);
+    })
+}
+
 /// Issue 7, case 1, scaled down: with default flags, many talkers each send
 /// 16 lines of 4,000 bytes at the same moment (within their burst). A
 /// reader that reads as fast as it can gets every line, with no skip.
 #[test]
 fn a_fast_reader_gets_every_line_when_many_talk_at_once() {
     let _machine = exclusive();
-    let defaults = Config::default();
-    let server = TestServer::start_with(|config| {
-        config.rate = defaults.rate;
-        config.burst = defaults.burst;
-        config.max_per_ip = defaults.max_per_ip;
-    });
+    let server = with_default_limits(|_| {});
     // A big receive buffer takes the reader's scheduling out of the test
     // on a busy machine: what is judged is whether the server ever queues
     // more for it in one go than its cap, before writing any of it.
@@ -102,10 +109,7 @@ fn a_fast_reader_gets_every_line_when_many_talk_at_once() {
 #[test]
 fn a_fast_reader_last_in_a_long_flush_pass_loses_nothing() {
     let _machine = exclusive();
-    let defaults = Config::default();
-    let server = TestServer::start_with(|config| {
-        config.rate = defaults.rate;
-        config.burst = defaults.burst;
+    let server = with_default_limits(|config| {
         config.max_per_ip = 0;
         config.max_line = 512;
         config.max_outbuf = 4096;
@@ -159,13 +163,7 @@ fn all_talk_at_once(talkers: Vec<Client>, lines: usize, line_len: usize, reader:
 #[test]
 fn a_fast_reader_gets_a_burst_bigger_than_its_cap() {
     let _machine = exclusive();
-    let defaults = Config::default();
-    let server = TestServer::start_with(|config| {
-        config.rate = defaults.rate;
-        config.burst = defaults.burst;
-        config.max_per_ip = defaults.max_per_ip;
-        config.max_outbuf = 16384;
-    });
+    let server = with_default_limits(|config| config.max_outbuf = 16384);
     let (mut reader, _) = server.join();
     let (mut talker, talker_nick) = server.join();
     reader.expect_line(&format!("* {talker_nick} joined #lobby"));
