@@ -113,6 +113,26 @@ impl Loop {
         self.next_event(conn, SubscriberLink::poll_event)
             .unwrap_or_else(|e| panic!("subscriber broke: {e:?}"))
     }
+
+    /// A subscriber link to `addr`, ready and subscribed to `channel`.
+    fn subscribed(
+        &mut self,
+        addr: SocketAddr,
+        url: &RedisUrl,
+        channel: &'static [u8],
+    ) -> Conn<SubscriberLink> {
+        let mut sub = self.connect(addr, SubscriberLink::new(url, LinkLimits::default()));
+        sub.link.subscribe(&[channel]).unwrap();
+        assert_eq!(self.subscriber_event(&mut sub), SubscriberEvent::Ready);
+        assert_eq!(
+            self.subscriber_event(&mut sub),
+            SubscriberEvent::Subscribed {
+                channel: Bytes::from_static(channel),
+                count: 1
+            }
+        );
+        sub
+    }
 }
 
 fn url(text: &str) -> RedisUrl {
@@ -233,19 +253,7 @@ fn published_batch_reaches_the_subscriber_intact() {
     };
     let mut lp = Loop::new();
     let redis_url = url(&redis.url(0));
-    let mut sub = lp.connect(
-        redis.addr(),
-        SubscriberLink::new(&redis_url, LinkLimits::default()),
-    );
-    sub.link.subscribe(&[b"chat:room:lobby"]).unwrap();
-    assert_eq!(lp.subscriber_event(&mut sub), SubscriberEvent::Ready);
-    assert_eq!(
-        lp.subscriber_event(&mut sub),
-        SubscriberEvent::Subscribed {
-            channel: Bytes::from_static(b"chat:room:lobby"),
-            count: 1
-        }
-    );
+    let mut sub = lp.subscribed(redis.addr(), &redis_url, b"chat:room:lobby");
 
     let mut publisher: Conn<CommandLink<u32>> = lp.connect(
         redis.addr(),
@@ -325,16 +333,7 @@ fn redis_restart_closes_the_link_and_a_new_one_works() {
     };
     let mut lp = Loop::new();
     let redis_url = url(&redis.url(0));
-    let mut sub = lp.connect(
-        redis.addr(),
-        SubscriberLink::new(&redis_url, LinkLimits::default()),
-    );
-    sub.link.subscribe(&[b"c"]).unwrap();
-    assert_eq!(lp.subscriber_event(&mut sub), SubscriberEvent::Ready);
-    assert!(matches!(
-        lp.subscriber_event(&mut sub),
-        SubscriberEvent::Subscribed { .. }
-    ));
+    let mut sub = lp.subscribed(redis.addr(), &redis_url, b"c");
 
     redis.restart();
     match lp.next_event(&mut sub, SubscriberLink::poll_event) {
@@ -343,19 +342,8 @@ fn redis_restart_closes_the_link_and_a_new_one_works() {
     }
     sub.socket.deregister(lp.poll.registry()).unwrap();
 
-    let mut again = lp.connect(
-        redis.addr(),
-        SubscriberLink::new(&redis_url, LinkLimits::default()),
-    );
-    again.link.subscribe(&[b"c"]).unwrap();
-    assert_eq!(lp.subscriber_event(&mut again), SubscriberEvent::Ready);
-    assert_eq!(
-        lp.subscriber_event(&mut again),
-        SubscriberEvent::Subscribed {
-            channel: Bytes::from_static(b"c"),
-            count: 1
-        }
-    );
+    // A new link to the restarted Redis gets ready and subscribes.
+    lp.subscribed(redis.addr(), &redis_url, b"c");
 }
 
 /// Carries a `Cluster`'s requests over a real link until none is left
