@@ -83,16 +83,21 @@ fn with_default_limits(configure: impl FnOnce(&mut Config)) -> TestServer {
     })
 }
 
-/// Issue 7, case 1, scaled down: with default flags, many talkers each send
+/// Issue 7, case 1: with default flags but `--sndbuf`, many talkers each send
 /// 16 lines of 4,000 bytes at the same moment (within their burst). A
 /// reader that reads as fast as it can gets every line, with no skip.
 #[test]
 fn a_fast_reader_gets_every_line_when_many_talk_at_once() {
     let _machine = exclusive();
-    let server = with_default_limits(|_| {});
-    // A big receive buffer takes the reader's scheduling out of the test
-    // on a busy machine: what is judged is whether the server ever queues
-    // more for it in one go than its cap, before writing any of it.
+    // Big kernel buffers on both sides take the reader's scheduling out of
+    // the test on a busy machine: what is judged is whether the server ever
+    // queues more for it in one go than its cap, before writing any of it.
+    // With the default 64 KiB send buffer the kernel took only about 1.2 MB
+    // of the 3.84 MB burst for a reader that paused, so a test thread held
+    // off the CPU for 50 ms lost lines, and the test failed about once in 40
+    // busy runs. With 4 MiB it passes with the reader paused for a second,
+    // and still fails without the per-pass input budget.
+    let server = with_default_limits(|config| config.sndbuf = 4 << 20);
     let mut reader = Client::from_stream(connect_socket(server.addr, None, Some(4 << 20)));
     reader.expect_prefix("* welcome ");
     let talkers = (0..60).map(|_| server.join().0).collect();
