@@ -17,6 +17,7 @@
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
@@ -187,7 +188,8 @@ impl LoadConfig {
     }
 }
 
-/// Latency from the send timestamp in a line to the read that carried it.
+/// Latency from the send timestamp in a line to the read that carried it
+/// (or, for the `*_arrival` figures, to the kernel's arrival stamp).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LatencySummary {
     pub samples: u64,
@@ -223,6 +225,14 @@ pub struct Report {
     /// Receivers on another server than the senders' (with several
     /// `--addr`): the lines that crossed between servers.
     pub latency_across: Option<LatencySummary>,
+    /// As `latency`, to the moment the kernel queued the line's bytes on
+    /// the receiver's socket rather than the moment this one thread got
+    /// round to reading them: a client with a socket of its own reads
+    /// at once, this tool reads a thousand in turn. Conservative: a read
+    /// that takes bytes from several arrivals is stamped with the last.
+    /// `None` where the kernel gave no stamps.
+    pub latency_arrival: Option<LatencySummary>,
+    pub latency_across_arrival: Option<LatencySummary>,
 }
 
 impl Report {
@@ -483,6 +493,8 @@ impl Session {
         let start = Instant::now();
         d.flow.hist = Histogram::new();
         d.flow.hist_across = Histogram::new();
+        d.flow.hist_arrival = Histogram::new();
+        d.flow.hist_across_arrival = Histogram::new();
         d.flow.deliveries = 0;
         d.flow.measure_start = Some(start);
         d.flow.measure_start_ns = d.flow.ns_since_epoch(start);
@@ -524,6 +536,9 @@ impl Session {
             connect_time: self.connect_time,
             latency: flow.hist.summary(),
             latency_across: (flow.servers > 1).then(|| flow.hist_across.summary()),
+            latency_arrival: flow.arrival_stamps.then(|| flow.hist_arrival.summary()),
+            latency_across_arrival: (flow.arrival_stamps && flow.servers > 1)
+                .then(|| flow.hist_across_arrival.summary()),
         })
     }
 }
@@ -608,6 +623,8 @@ enum Handshake {
 
 struct Conn {
     stream: TcpStream,
+    /// The kernel stamps its arrivals (receivers only).
+    stamped: bool,
     role: Role,
     handshake: Handshake,
     connected: bool,
@@ -729,6 +746,17 @@ struct Flow {
     hist: Histogram,
     /// Receivers on other servers than the senders' only.
     hist_across: Histogram,
+    /// The same two, to the kernel's arrival stamp (see
+    /// `Report::latency_arrival`).
+    hist_arrival: Histogram,
+    hist_across_arrival: Histogram,
+    /// Arrival stamp of the read being consumed, in ns since `epoch`; the
+    /// read's own time where the kernel gave none.
+    arrival_ns: u64,
+    /// Whether the kernel has stamped any read.
+    arrival_stamps: bool,
+    /// `CLOCK_REALTIME` (the kernel's stamps) at `epoch`, in ns.
+    realtime_at_epoch_ns: u64,
     /// Readers of each line: the receivers, and on Apollonion the other
     /// senders too (they are room members), so the window also keeps a
     /// slow-reading sender from being sent more than it can hold.
@@ -803,9 +831,17 @@ impl Flow {
         if seq >= self.senders[s].measure_from {
             self.deliveries += 1;
             let latency = now_ns.saturating_sub(ts);
+            let across = !r.is_multiple_of(self.servers);
             self.hist.record(latency);
-            if !r.is_multiple_of(self.servers) {
+            if across {
                 self.hist_across.record(latency);
+            }
+            if self.arrival_stamps {
+                let at_arrival = self.arrival_ns.min(now_ns).saturating_sub(ts);
+                self.hist_arrival.record(at_arrival);
+                if across {
+                    self.hist_across_arrival.record(at_arrival);
+                }
             }
         }
         Ok(())
@@ -1017,6 +1053,12 @@ impl Driver {
             expect: vec![0; n * s],
             hist: Histogram::new(),
             hist_across: Histogram::new(),
+            hist_arrival: Histogram::new(),
+            hist_across_arrival: Histogram::new(),
+            arrival_ns: 0,
+            arrival_stamps: false,
+            realtime_at_epoch_ns: realtime_ns()
+                .saturating_sub(Instant::now().saturating_duration_since(epoch).as_nanos() as u64),
             readers_per_line: match target {
                 Target::Apollonion => (n + s.saturating_sub(1)) as u32,
                 Target::Redis => n as u32,
@@ -1109,8 +1151,17 @@ impl Driver {
                 self.flow
                     .fail(FailKind::Io, format!("cannot register a socket: {e}"))
             })?;
+        // In a paced run (`--rate`), a receiver's latency is also timed to
+        // the kernel's arrival stamp. Not at full speed: there the tool is
+        // the bottleneck, and `recvmsg` with a stamp costs it about 7 % of
+        // its lines per second. Without a stamp (an old kernel), latency is
+        // timed to the read alone.
+        let stamped = matches!(role, Role::Receiver(_))
+            && self.flow.rate > 0
+            && enable_arrival_stamps(&stream).is_ok();
         self.conns.push(Conn {
             stream,
+            stamped,
             role,
             handshake,
             connected: false,
@@ -1240,8 +1291,14 @@ impl Driver {
         loop {
             let carried = conn.carry.len();
             scratch[..carried].copy_from_slice(&conn.carry);
-            let n = match conn.stream.read(&mut scratch[carried..carried + READ_SIZE]) {
-                Ok(0) => {
+            let buf = &mut scratch[carried..carried + READ_SIZE];
+            let read = if conn.stamped {
+                read_stamped(&conn.stream, buf)
+            } else {
+                conn.stream.read(buf).map(|n| (n, None))
+            };
+            let (n, stamp) = match read {
+                Ok((0, _)) => {
                     let tail = String::from_utf8_lossy(&conn.carry).into_owned();
                     return Err(flow.fail(
                         FailKind::Disconnected,
@@ -1256,7 +1313,7 @@ impl Driver {
                         ),
                     ));
                 }
-                Ok(n) => n,
+                Ok(read) => read,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
@@ -1268,6 +1325,13 @@ impl Driver {
             };
             let now = Instant::now();
             let now_ns = flow.ns_since_epoch(now);
+            flow.arrival_ns = match stamp {
+                Some(realtime) => {
+                    flow.arrival_stamps = true;
+                    realtime.saturating_sub(flow.realtime_at_epoch_ns)
+                }
+                None => now_ns,
+            };
             let was_ready = conn.ready;
             let total = carried + n;
             let used = consume(
@@ -1511,6 +1575,81 @@ impl Driver {
 
 /// `connected_clients` from Redis's `INFO clients`, the asking connection
 /// included.
+/// Asks the kernel to stamp each arrival on `stream` with the time it was
+/// queued (`SO_TIMESTAMPNS`, `CLOCK_REALTIME`).
+fn enable_arrival_stamps(stream: &TcpStream) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: setsockopt on a descriptor the stream owns, with a pointer to
+    // a live c_int and its exact size.
+    let result = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_TIMESTAMPNS,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// A `read` that also returns the kernel's arrival stamp, in ns of
+/// `CLOCK_REALTIME`. On TCP it is the stamp of the last arrival the read
+/// took bytes from.
+fn read_stamped(stream: &TcpStream, buf: &mut [u8]) -> io::Result<(usize, Option<u64>)> {
+    // Room for one `timespec` message and then some, u64-aligned as
+    // `cmsghdr` needs.
+    let mut control = [0u64; 8];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: an all-zero msghdr is valid (no name, no buffers).
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control) as _;
+    // SAFETY: `msg` points at `iov` (over `buf`) and `control`, all live and
+    // writable for their stated lengths during the call.
+    let n = unsafe { libc::recvmsg(stream.as_raw_fd(), &mut msg, 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut stamp = None;
+    // SAFETY: the CMSG_* walk stays within `msg_controllen` bytes of
+    // `control`, which the kernel filled; the timespec is read unaligned.
+    unsafe {
+        let mut header = libc::CMSG_FIRSTHDR(&msg);
+        while !header.is_null() {
+            if (*header).cmsg_level == libc::SOL_SOCKET
+                && (*header).cmsg_type == libc::SCM_TIMESTAMPNS
+            {
+                let ts: libc::timespec = std::ptr::read_unaligned(libc::CMSG_DATA(header).cast());
+                stamp = Some(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64);
+            }
+            header = libc::CMSG_NXTHDR(&msg, header);
+        }
+    }
+    Ok((n as usize, stamp))
+}
+
+/// `CLOCK_REALTIME` now, in ns.
+fn realtime_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec through a pointer to a live
+    // one.
+    unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut now) };
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+}
+
 fn redis_connected_clients(addr: SocketAddr) -> io::Result<u64> {
     let patience = Duration::from_secs(5);
     let mut stream = std::net::TcpStream::connect_timeout(&addr, patience)?;
@@ -2197,6 +2336,44 @@ mod tests {
         assert!(across.max > Duration::from_millis(3), "{across:?}");
         let alone = flow_for(2, 1, 40);
         assert_eq!(alone.servers, 1);
+    }
+
+    #[test]
+    fn a_line_is_also_timed_to_its_arrival_stamp_never_later_than_its_read() {
+        let mut flow = measured_flow(2, 1, 2);
+        flow.arrival_stamps = true;
+        // Sent at 1 ns; arrived at 2 ms, read at 5 ms.
+        flow.arrival_ns = 2_000_000;
+        flow.deliver(0, &line(0, 0, 40), 5_000_000).unwrap();
+        // A stamp after the read (a clock step) counts as the read.
+        flow.arrival_ns = 9_000_000;
+        flow.deliver(1, &line(0, 0, 40), 5_000_000).unwrap();
+        let read = flow.hist.summary();
+        let arrival = flow.hist_arrival.summary();
+        assert_eq!((read.samples, arrival.samples), (2, 2));
+        assert!(arrival.p50 < Duration::from_micros(2_100), "{arrival:?}");
+        assert!(arrival.p50 > Duration::from_micros(1_900), "{arrival:?}");
+        assert_eq!(arrival.max, read.max);
+    }
+
+    #[test]
+    fn the_kernel_stamps_an_arrival_between_its_write_and_its_read() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut writer = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        // Left blocking, so the read below waits for the bytes.
+        let reader = TcpStream::from_std(listener.accept().unwrap().0);
+        enable_arrival_stamps(&reader).unwrap();
+        let before = realtime_ns();
+        writer.write_all(b"hello\r\n").unwrap();
+        let mut buf = [0; 64];
+        let (n, stamp) = read_stamped(&reader, &mut buf).unwrap();
+        let after = realtime_ns();
+        assert_eq!(&buf[..n], b"hello\r\n");
+        let stamp = stamp.expect("an arrival stamp");
+        assert!(
+            before <= stamp && stamp <= after,
+            "{before} <= {stamp} <= {after}"
+        );
     }
 
     #[test]

@@ -305,6 +305,20 @@ fn print_report(cfg: &LoadConfig, r: &Report) {
             across.samples
         );
     }
+    if let Some(arrival) = &r.latency_arrival {
+        println!(
+            "  at arrival     p50 {:.1} us, p99 {:.1} us (to the kernel's stamp on the receiver's socket, before this tool read it)",
+            micros(arrival.p50),
+            micros(arrival.p99),
+        );
+    }
+    if let Some(arrival) = &r.latency_across_arrival {
+        println!(
+            "  across, at arrival p50 {:.1} us, p99 {:.1} us",
+            micros(arrival.p50),
+            micros(arrival.p99),
+        );
+    }
     println!(
         "  result         {}",
         if r.passed() { "PASS" } else { "FAIL" }
@@ -350,7 +364,7 @@ fn report_json(r: &Report) -> String {
             "\"deliveries\":{},\"overheard\":{},\"elapsed_s\":{:.6},\"lines_per_sec\":{:.0},",
             "\"all_lines_per_sec\":{:.0},\"mb_per_sec\":{:.2},",
             "\"p50_us\":{:.1},\"p99_us\":{:.1},\"max_us\":{:.1},\"latency_samples\":{},",
-            "{}\"connect_s\":{:.3}}}"
+            "{}{}{}\"connect_s\":{:.3}}}"
         ),
         if r.passed() { "PASS" } else { "FAIL" },
         r.target.name(),
@@ -376,6 +390,16 @@ fn report_json(r: &Report) -> String {
             micros(across.p99),
             micros(across.max),
             across.samples
+        )),
+        r.latency_arrival.as_ref().map_or_else(String::new, |arrival| format!(
+            "\"arrival_p50_us\":{:.1},\"arrival_p99_us\":{:.1},",
+            micros(arrival.p50),
+            micros(arrival.p99),
+        )),
+        r.latency_across_arrival.as_ref().map_or_else(String::new, |arrival| format!(
+            "\"across_arrival_p50_us\":{:.1},\"across_arrival_p99_us\":{:.1},",
+            micros(arrival.p50),
+            micros(arrival.p99),
         )),
         r.connect_time.as_secs_f64(),
     )
