@@ -61,9 +61,10 @@ fi
 REDIS_VERSION=$(redis-server --version | sed -n 's/.* v=\([^ ]*\).*/\1/p')
 
 log "building (release)"
-cargo build --release --quiet --bin apollonion --example loadgen
+cargo build --release --quiet --bin apollonion --example loadgen --example write_floor
 APOLLONION="$ROOT/target/release/apollonion"
 LOADGEN="$ROOT/target/release/examples/loadgen"
+WRITE_FLOOR="$ROOT/target/release/examples/write_floor"
 
 # --- servers ---------------------------------------------------------------
 
@@ -292,6 +293,12 @@ CLU_A_PID="" CLU_B_PID=""
 stop_apollonion
 stop_redis
 
+# --- the kernel's floor --------------------------------------------------------
+# One small write to each of 1,000 loopback sockets and its read, with no
+# chat at all: what the latency rows above cannot go below on this machine.
+log "floor: 100-byte writes to 1,000 loopback sockets for 1 s"
+FLOOR=$("$WRITE_FLOOR" --sockets 1000 --bytes 100 --secs 1 2>&1 || true)
+
 # --- idle memory -------------------------------------------------------------
 # Each measurement on a freshly started server: memory freed by earlier
 # connections would otherwise be reused and hide the real cost.
@@ -415,6 +422,16 @@ echo "and leaves included; lines/s counts deliveries. \"Across servers\" is the"
 echo "latency of the receivers on the second server only (the sender is on the"
 echo "first): each of their lines went through Redis. \"At arrival\" as in the"
 echo "latency table; the target is judged on the tool's read."
+echo
+echo "### This machine's floor (\`examples/write_floor\`)"
+echo
+echo "$FLOOR"
+echo
+echo "No chat at all: a writer thread writes each of 1,000 loopback sockets in"
+echo "turn, a reader thread reads them. At 1,000 lines/s to 1,000 receivers a"
+echo "server writes each receiver once per pass and the load tool reads it once,"
+echo "so a pass costs at least 1,000 times the two figures above in CPU, shared"
+echo "by two cores; a line waits for up to a pass."
 
 if [ "$IDLE_CONNS" -gt 0 ]; then
     echo
