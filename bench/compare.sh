@@ -150,14 +150,16 @@ field() { sed -n "s/.*\"$2\":\"\{0,1\}\([^,\"}]*\).*/\1/p" <<<"$1"; }
 # on. (Not called in $(...): a subshell would forget FAILED.)
 LAST=""
 loadgen() {
-    local system=$1 target addr
+    local system=$1 target addr pid
     shift
+    # The server's CPU over the measurement is reported beside the tool's
+    # (for a cluster, the first server's).
     case $system in
-    apollonion) target=apollonion addr="127.0.0.1:$APO_PORT" ;;
-    redis) target=redis addr="127.0.0.1:$REDIS_PORT" ;;
-    cluster) target=apollonion addr="127.0.0.1:$CLU_A_PORT,127.0.0.1:$CLU_B_PORT" ;;
+    apollonion) target=apollonion addr="127.0.0.1:$APO_PORT" pid=$APO_PID ;;
+    redis) target=redis addr="127.0.0.1:$REDIS_PORT" pid=$REDIS_PID ;;
+    cluster) target=apollonion addr="127.0.0.1:$CLU_A_PORT,127.0.0.1:$CLU_B_PORT" pid=$CLU_A_PID ;;
     esac
-    if ! LAST=$("$LOADGEN" --target "$target" --addr "$addr" --json "$@" \
+    if ! LAST=$("$LOADGEN" --target "$target" --addr "$addr" --json ${pid:+--pid "$pid"} "$@" \
         2>"$RESULTS/last.err"); then
         FAILED=1
         log "FAILED: $system $*"
@@ -333,15 +335,22 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else
 ge() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a >= b) }'; }
 lt() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a < b) }'; }
 shown() { local v; v=$(field "$1" "$2"); echo "${v:--}"; }
+# "tool % / server %": the cores each used over a run's measurement.
+cpu() {
+    awk -v t="$(field "$1" tool_cpu)" -v s="$(field "$1" server_cpu)" \
+        'BEGIN { if (t == "") { printf "-"; exit } printf "%d %% / ", t * 100 + 0.5; if (s == "") printf "-"; else printf "%d %%", s * 100 + 0.5 }'
+}
 
 echo
 echo "## Apollonion vs Redis $REDIS_VERSION pub/sub"
 echo
 echo "$(nproc) cores, loopback, load generator on the same machine, 1 sender,"
-echo "window 1000 lines; median of $REPS run(s) by lines/s."
+echo "window 1000 lines; median of $REPS run(s) by lines/s. CPU: the share of a"
+echo "core the load tool (one thread: near 100 % it was the bottleneck) and the"
+echo "server each used over the measurement."
 echo
-echo "| system | N | payload | lines/s | MB/s | Apollonion/Redis | target | p50 µs | p99 µs | accounting |"
-echo "|---|---|---|---|---|---|---|---|---|---|"
+echo "| system | N | payload | lines/s | MB/s | Apollonion/Redis | target | p50 µs | p99 µs | CPU: tool / server | accounting |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|"
 for point in "10 64 2" "100 64 2" "1000 64 2" "100 1024 1.5"; do
     set -- $point
     n=$1 payload=$2 want=$3
@@ -354,7 +363,7 @@ for point in "10 64 2" "100 64 2" "1000 64 2" "100 1024 1.5"; do
     for system in apollonion redis; do
         if [ "$system" = apollonion ]; then j=$apo; shown_ratio="**$x×**"; t=$verdict; else j=$red; shown_ratio=""; t=""; fi
         acct="$(shown "$j" deliveries)/$(shown "$j" deliveries_expected) $(shown "$j" result)"
-        echo "| $system | $n | $payload | $(shown "$j" lines_per_sec) | $(shown "$j" mb_per_sec) | $shown_ratio | $t | $(shown "$j" p50_us) | $(shown "$j" p99_us) | $acct |"
+        echo "| $system | $n | $payload | $(shown "$j" lines_per_sec) | $(shown "$j" mb_per_sec) | $shown_ratio | $t | $(shown "$j" p50_us) | $(shown "$j" p99_us) | $(cpu "$j") | $acct |"
     done
 done
 
@@ -386,8 +395,8 @@ echo "Interleaved; the 1,000 senders are room members too, so each of their line
 echo "is written to 1,999 people: \"to receivers\" counts the 1,000 receivers'"
 echo "copies, \"every copy\" the senders' as well."
 echo
-echo "| rep | 1 sender: lines/s | 1000 senders: to receivers | every copy | ratio, receivers only | ratio, every copy | target | accounting |"
-echo "|---|---|---|---|---|---|---|---|"
+echo "| rep | 1 sender: lines/s | 1000 senders: to receivers | every copy | ratio, receivers only | ratio, every copy | target | CPU, 1 sender: tool / daemon | 1000 senders | accounting |"
+echo "|---|---|---|---|---|---|---|---|---|---|"
 rep=0
 while IFS=$'\t' read -r one many; do
     rep=$((rep + 1))
@@ -396,7 +405,7 @@ while IFS=$'\t' read -r one many; do
     e=$(field "$many" all_lines_per_sec)
     x=$(ratio "${m:-0}" "${o:-0}")
     if [ "$x" != - ] && ge "$x" 0.6; then t="≥ 0.6× met"; else t="≥ 0.6× NOT met"; fi
-    echo "| $rep | ${o:--} | ${m:--} | ${e:--} | **$x×** | $(ratio "${e:-0}" "${o:-0}")× | $t | $(shown "$many" result) |"
+    echo "| $rep | ${o:--} | ${m:--} | ${e:--} | **$x×** | $(ratio "${e:-0}" "${o:-0}")× | $t | $(cpu "$one") | $(cpu "$many") | $(shown "$many" result) |"
 done <"$RESULTS/points/many"
 
 echo

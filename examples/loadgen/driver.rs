@@ -111,6 +111,10 @@ pub struct LoadConfig {
     /// Reading goes on this long after the last expected delivery, so an
     /// extra or repeated line fails the run (not part of `elapsed`).
     pub linger: Duration,
+    /// The server's process, whose CPU time over the measurement is
+    /// reported beside this tool's own (which of the two is the
+    /// bottleneck).
+    pub server_pid: Option<u32>,
 }
 
 impl LoadConfig {
@@ -130,6 +134,7 @@ impl LoadConfig {
             stall_timeout: Duration::from_secs(10),
             channel: "bench".to_string(),
             linger: LINGER,
+            server_pid: None,
         }
     }
 
@@ -233,6 +238,11 @@ pub struct Report {
     /// `None` where the kernel gave no stamps.
     pub latency_arrival: Option<LatencySummary>,
     pub latency_across_arrival: Option<LatencySummary>,
+    /// Cores this tool used over the measurement (CPU time / wall time):
+    /// near 1 means the tool, one thread, was the bottleneck.
+    pub tool_cpu: f64,
+    /// The same for the server given by `server_pid`.
+    pub server_cpu: Option<f64>,
 }
 
 impl Report {
@@ -395,6 +405,41 @@ pub fn rss_kib(pid: u32) -> io::Result<u64> {
         .ok_or_else(|| io::Error::other(format!("no VmRSS in /proc/{pid}/status")))
 }
 
+/// CPU time this process has used, in ns.
+fn process_cpu_ns() -> u64 {
+    let mut used = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec through a pointer to a live
+    // one.
+    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut used) };
+    used.tv_sec as u64 * 1_000_000_000 + used.tv_nsec as u64
+}
+
+/// CPU time (user and system) process `pid` has used, in ns, from
+/// `/proc/PID/stat`, in clock ticks (10 ms on most kernels: over a
+/// measurement of seconds, under 1 % off).
+pub fn server_cpu_ns(pid: u32) -> io::Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let ticks = cpu_ticks_in_stat(&stat)
+        .ok_or_else(|| io::Error::other(format!("no CPU times in /proc/{pid}/stat")))?;
+    // SAFETY: sysconf only reads a system constant.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Ok(ticks * 1_000_000_000 / per_second)
+}
+
+/// utime + stime (fields 14 and 15) of a `/proc/PID/stat` line. The command
+/// name (field 2) may hold spaces and parentheses, so the fields are
+/// counted from the last `)`.
+fn cpu_ticks_in_stat(stat: &str) -> Option<u64> {
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    let mut fields = after_name.split_whitespace().skip(11);
+    let user: u64 = fields.next()?.parse().ok()?;
+    let system: u64 = fields.next()?.parse().ok()?;
+    Some(user + system)
+}
+
 /// Raises the soft open-file limit to the hard one, so that thousands of
 /// connections fit. Returns the limit now in force.
 // `rlim_t` is not 64 bits on every platform, so the casts are not useless.
@@ -499,6 +544,8 @@ impl Session {
         d.flow.measure_start = Some(start);
         d.flow.measure_start_ns = d.flow.ns_since_epoch(start);
         d.flow.last_done_ns = d.flow.measure_start_ns;
+        let tool_cpu_start = process_cpu_ns();
+        let server_cpu_start = self.cfg.server_pid.and_then(|pid| server_cpu_ns(pid).ok());
         for st in &mut d.flow.senders {
             st.measure_from = st.next_seq;
             st.limit = match stop {
@@ -512,6 +559,14 @@ impl Session {
         };
         d.drive(deadline, stop_at)?;
         let elapsed_ns = d.flow.last_done_ns.saturating_sub(d.flow.measure_start_ns);
+        let wall_ns = start.elapsed().as_nanos().max(1) as f64;
+        let tool_cpu = process_cpu_ns().saturating_sub(tool_cpu_start) as f64 / wall_ns;
+        let server_cpu = match (self.cfg.server_pid, server_cpu_start) {
+            (Some(pid), Some(before)) => server_cpu_ns(pid)
+                .ok()
+                .map(|after| after.saturating_sub(before) as f64 / wall_ns),
+            _ => None,
+        };
         d.linger(self.cfg.linger, deadline)?;
 
         let flow = &d.flow;
@@ -539,6 +594,8 @@ impl Session {
             latency_arrival: flow.arrival_stamps.then(|| flow.hist_arrival.summary()),
             latency_across_arrival: (flow.arrival_stamps && flow.servers > 1)
                 .then(|| flow.hist_across_arrival.summary()),
+            tool_cpu,
+            server_cpu,
         })
     }
 }
@@ -2336,6 +2393,15 @@ mod tests {
         assert!(across.max > Duration::from_millis(3), "{across:?}");
         let alone = flow_for(2, 1, 40);
         assert_eq!(alone.servers, 1);
+    }
+
+    #[test]
+    fn cpu_times_are_read_after_a_command_name_with_spaces_and_parentheses() {
+        let stat = "4242 (a (b) c) S 1 4242 4242 0 -1 4194560 100 0 0 0 37 5 0 0 20 0 1 0";
+        assert_eq!(cpu_ticks_in_stat(stat), Some(42));
+        assert_eq!(cpu_ticks_in_stat("4242 (x) S 1"), None);
+        let own = server_cpu_ns(std::process::id()).unwrap();
+        assert!(own < 3_600 * 1_000_000_000, "{own}");
     }
 
     #[test]

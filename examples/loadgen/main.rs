@@ -53,6 +53,8 @@ idle-memory mode:
                               welcomed (redis: subscribed or answered), read
                               the server's RSS, hold, close
   --pid PID                   the server's process id, for /proc/PID/status
+                              (also in throughput mode: its CPU use over
+                              the measurement is reported beside the tool's)
   --redis-idle plain|subscribed
                               what an idle redis connection does (default
                               subscribed; plain = just PING)
@@ -199,7 +201,9 @@ fn main() -> ExitCode {
 }
 
 fn load_mode(args: &Args) -> ExitCode {
-    let cfg = &args.load;
+    let mut cfg = args.load.clone();
+    cfg.server_pid = args.pid;
+    let cfg = &cfg;
     if let Err(err) = cfg.validate() {
         eprintln!("loadgen: {}", err.message);
         return ExitCode::from(2);
@@ -281,6 +285,14 @@ fn print_report(cfg: &LoadConfig, r: &Report) {
         "  throughput     {:.0} lines/s delivered, {:.1} MB/s of payload",
         r.lines_per_sec(),
         r.mb_per_sec()
+    );
+    println!(
+        "  CPU            this tool {:.0} % of a core{}",
+        r.tool_cpu * 100.0,
+        r.server_cpu.map_or_else(
+            || " (give --pid PID for the server's)".to_string(),
+            |server| format!(", the server {:.0} %", server * 100.0)
+        )
     );
     if r.overheard > 0 {
         println!(
@@ -364,7 +376,7 @@ fn report_json(r: &Report) -> String {
             "\"deliveries\":{},\"overheard\":{},\"elapsed_s\":{:.6},\"lines_per_sec\":{:.0},",
             "\"all_lines_per_sec\":{:.0},\"mb_per_sec\":{:.2},",
             "\"p50_us\":{:.1},\"p99_us\":{:.1},\"max_us\":{:.1},\"latency_samples\":{},",
-            "{}{}{}\"connect_s\":{:.3}}}"
+            "{}{}{}\"tool_cpu\":{:.3},{}\"connect_s\":{:.3}}}"
         ),
         if r.passed() { "PASS" } else { "FAIL" },
         r.target.name(),
@@ -401,6 +413,9 @@ fn report_json(r: &Report) -> String {
             micros(arrival.p50),
             micros(arrival.p99),
         )),
+        r.tool_cpu,
+        r.server_cpu
+            .map_or_else(String::new, |server| format!("\"server_cpu\":{server:.3},")),
         r.connect_time.as_secs_f64(),
     )
 }
