@@ -407,14 +407,23 @@ pub fn rss_kib(pid: u32) -> io::Result<u64> {
 
 /// CPU time this process has used, in ns.
 fn process_cpu_ns() -> u64 {
-    let mut used = libc::timespec {
+    clock_ns(libc::CLOCK_PROCESS_CPUTIME_ID)
+}
+
+/// `CLOCK_REALTIME` now (the clock of the kernel's arrival stamps), in ns.
+fn realtime_ns() -> u64 {
+    clock_ns(libc::CLOCK_REALTIME)
+}
+
+fn clock_ns(clock: libc::clockid_t) -> u64 {
+    let mut now = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: clock_gettime writes one timespec through a pointer to a live
     // one.
-    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut used) };
-    used.tv_sec as u64 * 1_000_000_000 + used.tv_nsec as u64
+    unsafe { libc::clock_gettime(clock, &mut now) };
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
 }
 
 /// CPU time (user and system) process `pid` has used, in ns, from
@@ -1693,18 +1702,6 @@ fn read_stamped(stream: &TcpStream, buf: &mut [u8]) -> io::Result<(usize, Option
         }
     }
     Ok((n as usize, stamp))
-}
-
-/// `CLOCK_REALTIME` now, in ns.
-fn realtime_ns() -> u64 {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec through a pointer to a live
-    // one.
-    unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut now) };
-    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
 }
 
 fn redis_connected_clients(addr: SocketAddr) -> io::Result<u64> {
