@@ -92,10 +92,11 @@ fn a_fast_reader_gets_every_line_when_many_talk_at_once() {
     // Big kernel buffers on both sides take the reader's scheduling out of
     // the test on a busy machine: what is judged is whether the server ever
     // queues more for it in one go than its cap, before writing any of it.
-    // With the default 64 KiB send buffer the kernel took only about 1.2 MB
-    // of the 3.84 MB burst for a reader that paused, so a test thread held
-    // off the CPU for 50 ms lost lines, and the test failed about once in 40
-    // busy runs. With 4 MiB it passes with the reader paused for a second,
+    // With the default 64 KiB send buffer a reader that paused got about
+    // 1.2 MB of the 3.84 MB burst (what the kernel held for it, then its
+    // queue down to half the cap) before a skip notice, so a test thread
+    // held off the CPU for 50 ms lost lines, and the test failed about once
+    // in 40 busy runs. With 4 MiB it passes with the reader paused for a second,
     // and still fails without the per-pass input budget.
     let server = with_default_limits(|config| config.sndbuf = 4 << 20);
     let mut reader = Client::from_stream(connect_socket(server.addr, None, Some(4 << 20)));
