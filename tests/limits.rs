@@ -596,8 +596,9 @@ fn answers_are_not_held_back_behind_unacknowledged_notices() {
             other.reset();
         }
     }
-    // One slow answer may be the machine; Nagle makes nearly all slow.
-    assert!(slow_answers.len() <= 1, "slow answers: {slow_answers:?}");
+    // A busy machine makes a few answers slow; Nagle makes nearly all slow
+    // (9, 9 and 10 of 10 with `set_nodelay(false)` in the server).
+    assert!(slow_answers.len() < 5, "slow answers: {slow_answers:?}");
     server.stop().unwrap();
 }
 
