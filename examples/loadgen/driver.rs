@@ -423,7 +423,11 @@ fn clock_ns(clock: libc::clockid_t) -> u64 {
     // SAFETY: clock_gettime writes one timespec through a pointer to a live
     // one.
     unsafe { libc::clock_gettime(clock, &mut now) };
-    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+    timespec_ns(now)
+}
+
+fn timespec_ns(time: libc::timespec) -> u64 {
+    time.tv_sec as u64 * 1_000_000_000 + time.tv_nsec as u64
 }
 
 /// CPU time (user and system) process `pid` has used, in ns, from
@@ -1639,8 +1643,6 @@ impl Driver {
     }
 }
 
-/// `connected_clients` from Redis's `INFO clients`, the asking connection
-/// included.
 /// Asks the kernel to stamp each arrival on `stream` with the time it was
 /// queued (`SO_TIMESTAMPNS`, `CLOCK_REALTIME`).
 fn enable_arrival_stamps(stream: &TcpStream) -> io::Result<()> {
@@ -1695,8 +1697,9 @@ fn read_stamped(stream: &TcpStream, buf: &mut [u8]) -> io::Result<(usize, Option
             if (*header).cmsg_level == libc::SOL_SOCKET
                 && (*header).cmsg_type == libc::SCM_TIMESTAMPNS
             {
-                let ts: libc::timespec = std::ptr::read_unaligned(libc::CMSG_DATA(header).cast());
-                stamp = Some(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64);
+                stamp = Some(timespec_ns(std::ptr::read_unaligned(
+                    libc::CMSG_DATA(header).cast(),
+                )));
             }
             header = libc::CMSG_NXTHDR(&msg, header);
         }
@@ -1704,6 +1707,8 @@ fn read_stamped(stream: &TcpStream, buf: &mut [u8]) -> io::Result<(usize, Option
     Ok((n as usize, stamp))
 }
 
+/// `connected_clients` from Redis's `INFO clients`, the asking connection
+/// included.
 fn redis_connected_clients(addr: SocketAddr) -> io::Result<u64> {
     let patience = Duration::from_secs(5);
     let mut stream = std::net::TcpStream::connect_timeout(&addr, patience)?;
