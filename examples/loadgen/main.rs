@@ -69,7 +69,6 @@ Exit codes: 0 pass, 1 any failure (loss, reorder, disconnect, timeout), 2 bad fl
 struct Args {
     load: LoadConfig,
     idle: Option<usize>,
-    pid: Option<u32>,
     redis_idle: RedisIdle,
     settle: Duration,
     hold: Duration,
@@ -84,7 +83,6 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Args>, St
     let mut out = Args {
         load: load.clone(),
         idle: None,
-        pid: None,
         redis_idle: RedisIdle::Subscribed,
         settle: Duration::from_secs(1),
         hold: Duration::ZERO,
@@ -158,7 +156,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Args>, St
             "--stall-timeout" => load.stall_timeout = seconds()?,
             "--channel" => load.channel = value.clone(),
             "--idle" => out.idle = Some(count()? as usize),
-            "--pid" => out.pid = Some(count()? as u32),
+            "--pid" => load.server_pid = Some(count()? as u32),
             "--redis-idle" => {
                 out.redis_idle = match value.as_str() {
                     "plain" => RedisIdle::Plain,
@@ -201,9 +199,7 @@ fn main() -> ExitCode {
 }
 
 fn load_mode(args: &Args) -> ExitCode {
-    let mut cfg = args.load.clone();
-    cfg.server_pid = args.pid;
-    let cfg = &cfg;
+    let cfg = &args.load;
     if let Err(err) = cfg.validate() {
         eprintln!("loadgen: {}", err.message);
         return ExitCode::from(2);
@@ -445,7 +441,7 @@ fn idle_mode(args: &Args, connections: usize) -> ExitCode {
     let mut cfg = IdleConfig::new(args.load.target, args.load.addr, connections);
     cfg.redis = args.redis_idle;
     cfg.channel = args.load.channel.clone();
-    cfg.pid = args.pid;
+    cfg.pid = args.load.server_pid;
     cfg.settle = args.settle;
     cfg.hold = args.hold;
     cfg.timeout = args.load.timeout;
