@@ -196,6 +196,19 @@ impl Daemon {
         Duration::from_secs_f64(ticks as f64 / per_second as f64)
     }
 
+    /// Time the process's main thread has run on a CPU, to the nanosecond
+    /// (`/proc/PID/schedstat`), for costs too small for `cpu_time`'s ticks.
+    pub fn run_time(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/schedstat", self.pid()))
+            .expect("read /proc/PID/schedstat");
+        let ns = stat
+            .split_whitespace()
+            .next()
+            .and_then(|field| field.parse().ok())
+            .expect("run time in schedstat");
+        Duration::from_nanos(ns)
+    }
+
     /// Resident memory in KiB (VmRSS).
     pub fn rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
