@@ -1008,14 +1008,14 @@ impl Cluster {
         ]
     }
 
-    /// A guest number unique across the cluster, at once from the reserved
-    /// block; `None` when none is in stock (a
-    /// [`ClusterEvent::GuestNumbersReady`] follows once there are).
     /// Whether guest numbers from the shared counter are in stock.
     pub fn has_guest_numbers(&self) -> bool {
         !self.guests.is_empty() || self.spare_guests.as_ref().is_some_and(|r| !r.is_empty())
     }
 
+    /// A guest number unique across the cluster, at once from the reserved
+    /// block; `None` when none is in stock (a
+    /// [`ClusterEvent::GuestNumbersReady`] follows once there are).
     pub fn take_guest_number(&mut self) -> Option<u64> {
         if self.guests.is_empty() {
             if let Some(spare) = self.spare_guests.take() {

@@ -117,10 +117,10 @@ const READ_CHUNK: usize = 16 * 1024;
 const WRITE_BUDGET: usize = 256 * 1024;
 /// Connections accepted per loop turn, so a connect storm cannot starve
 /// clients already in.
+const ACCEPT_BUDGET: usize = 256;
 /// The longest a server in cluster mode keeps new connections in the
 /// backlog at start, waiting for its first guest numbers from Redis.
 const CLUSTER_ADMISSION_HOLD: Duration = Duration::from_secs(2);
-const ACCEPT_BUDGET: usize = 256;
 /// Descriptors the process needs besides clients: listener, poller, signal
 /// pipe, waker, standard streams.
 const RESERVED_DESCRIPTORS: u64 = 16;
