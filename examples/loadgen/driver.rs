@@ -1892,28 +1892,20 @@ fn apollonion_line(
     if line.starts_with(b"(dm) ") {
         return Ok(());
     }
-    let r = match role {
-        Role::Receiver(r) => r,
-        Role::Sender(s) => {
-            // Another sender's line the fast path did not frame.
-            return match find_byte(line, b':') {
-                Some(colon) if line.get(colon + 1) == Some(&b' ') => {
-                    flow.overhear(s, &line[colon + 2..], now_ns)
-                }
-                _ => Ok(()),
-            };
-        }
-        // Idle clients hear other people's chat: not counted.
-        Role::Idle => return Ok(()),
-    };
-    match find_byte(line, b':') {
-        Some(colon) if line.get(colon + 1) == Some(&b' ') => {
-            flow.deliver(r, &line[colon + 2..], now_ns)
-        }
-        _ => Err(flow.fail(
+    // `nick: payload`: the payload after the first ": ".
+    let payload = find_byte(line, b':')
+        .filter(|&colon| line.get(colon + 1) == Some(&b' '))
+        .map(|colon| &line[colon + 2..]);
+    match (role, payload) {
+        (Role::Receiver(r), Some(payload)) => flow.deliver(r, payload, now_ns),
+        (Role::Receiver(r), None) => Err(flow.fail(
             FailKind::Protocol,
             format!("receiver {r} got an unexpected line: {:?}", text()),
         )),
+        // Another sender's line the fast path did not frame.
+        (Role::Sender(s), Some(payload)) => flow.overhear(s, payload, now_ns),
+        // Idle clients hear other people's chat: not counted.
+        (Role::Sender(_), None) | (Role::Idle, _) => Ok(()),
     }
 }
 
