@@ -79,6 +79,7 @@ fn pin_to(cpu: usize) {
     }
 }
 
+#[derive(Default)]
 struct Side {
     calls: u64,
     bytes: u64,
@@ -98,11 +99,7 @@ fn read_all(streams: Vec<TcpStream>, stop: Arc<AtomicBool>) -> io::Result<Side> 
     }
     let mut events = Events::with_capacity(1024);
     let mut buf = vec![0; 64 * 1024];
-    let mut side = Side {
-        calls: 0,
-        bytes: 0,
-        cpu: Duration::ZERO,
-    };
+    let mut side = Side::default();
     let start = thread_cpu();
     while !stop.load(Ordering::Relaxed) {
         poll.poll(&mut events, Some(Duration::from_millis(50)))?;
@@ -133,11 +130,7 @@ fn read_all(streams: Vec<TcpStream>, stop: Arc<AtomicBool>) -> io::Result<Side> 
 fn write_round_robin(streams: &mut [TcpStream], bytes: usize, secs: f64) -> io::Result<Side> {
     pin_to(0);
     let message = vec![b'x'; bytes];
-    let mut side = Side {
-        calls: 0,
-        bytes: 0,
-        cpu: Duration::ZERO,
-    };
+    let mut side = Side::default();
     let until = Instant::now() + Duration::from_secs_f64(secs);
     let start = thread_cpu();
     while Instant::now() < until {
